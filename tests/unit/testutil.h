@@ -1,0 +1,59 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Small helpers shared by the Check unit tests: temporary directories and
+ * the source tree location (for fixtures under ../shared).
+ */
+#ifndef TESTS_UNIT_TESTUTIL_H
+#define TESTS_UNIT_TESTUTIL_H
+
+#include <check.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* Create a fresh temporary directory; returns a malloc'd path. */
+static inline char *testutil_mkdtemp(void)
+{
+    char tmpl[] = "/tmp/proxycache-test-XXXXXX";
+    char *d = mkdtemp(tmpl);
+    ck_assert_ptr_nonnull(d);
+    return strdup(d);
+}
+
+/* rm -rf dir (test-only helper) and free the path. */
+static inline void testutil_rmrf(char *dir)
+{
+    char cmd[512];
+    if (!dir)
+        return;
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    if (system(cmd) != 0)
+        fprintf(stderr, "warning: could not remove %s\n", dir);
+    free(dir);
+}
+
+/* The repository root (PROXYCACHE_SRCDIR env, else the compile-time value,
+ * else "."). */
+static inline const char *testutil_srcdir(void)
+{
+    const char *s = getenv("PROXYCACHE_SRCDIR");
+#ifdef PROXYCACHE_SRCDIR
+    if (!s)
+        s = PROXYCACHE_SRCDIR;
+#endif
+    return s ? s : ".";
+}
+
+/* Run a suite in fork mode; returns the process exit status. */
+static inline int testutil_run(Suite *s)
+{
+    SRunner *sr = srunner_create(s);
+    int failed;
+    srunner_run_all(sr, CK_NORMAL);
+    failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
+
+#endif
