@@ -8,7 +8,7 @@ build_pkgs=(build-essential autoconf automake autoconf-archive pkg-config
     libmicrohttpd-dev libsqlite3-dev libssl-dev libjansson-dev check curl)
 test_pkgs=(python3 python3-pytest python3-requests python3-yaml
     python3-jsonschema python3-cryptography clang libclang-rt-14-dev lcov
-    sqlite3 prometheus nodejs npm wrk nginx-light redis-server util-linux procps)
+    sqlite3 prometheus nodejs npm wrk nginx-light redis-server util-linux procps bc)
 
 pkgs=("${build_pkgs[@]}")
 [ "$mode" = test ] && pkgs+=("${test_pkgs[@]}")
