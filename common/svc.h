@@ -16,7 +16,7 @@
     } while (0)
 
 #ifdef NDEBUG
-#define SVC_ASSERT(cond) ((void)0)
+#define SVC_ASSERT(cond) ((void)sizeof(cond))
 #else
 #define SVC_ASSERT(cond)                                                       \
     do {                                                                       \

@@ -37,7 +37,8 @@ size_t crypto_keyring_count(const struct crypto_keyring *ring);
  * Seal plaintext (len bytes) at time now_s (seconds) with the ring's first
  * key; iv is 16 bytes or NULL for a random IV (tests pass a fixed one).
  * Returns 0 and a new NUL-terminated token in *token (caller frees), or
- * -ENOMEM / -EIO (OpenSSL failure).
+ * -ENOMEM / -EIO (OpenSSL failure), -E2BIG (plaintext over 512 KiB),
+ * -EINVAL (NULL arguments).
  */
 int crypto_fernet_seal(const struct crypto_keyring *ring, const void *plain,
                        size_t len, int64_t now_s, const uint8_t *iv,
@@ -48,7 +49,9 @@ int crypto_fernet_seal(const struct crypto_keyring *ring, const void *plain,
  * otherwise a token older than ttl_s or more than 60 s in the future of
  * now_s is rejected. Returns 0 and a new NUL-terminated plaintext in *plain
  * (length in *len; caller frees with crypto_free_secret), or -EBADMSG for
- * any invalid token (bad base64, version, length, MAC, padding, time).
+ * any invalid token (bad base64, version, length, MAC, padding, time);
+ * -EIO when libcrypto itself fails (never reported as corruption),
+ * -ENOMEM, -EINVAL (NULL arguments).
  */
 int crypto_fernet_open(const struct crypto_keyring *ring, const char *token,
                        int64_t ttl_s, int64_t now_s, char **plain,

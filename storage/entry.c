@@ -28,6 +28,8 @@
 
 #include "storage/entry.h"
 
+#include "common/svc.h"
+
 #include <arpa/inet.h>
 #include <errno.h>
 #include <stdbool.h>
@@ -41,7 +43,7 @@
  * at most ENTRY_URL_MAX bytes, whose token is well under this. */
 #define TOKEN_MAX 8192
 
-#define DNS_NAME_MAX 253
+#define DNS_NAME_MAX  253
 #define DNS_LABEL_MAX 63
 
 static const char *const scheme_names[] = {
@@ -146,7 +148,7 @@ static int percent_decode(const char *s, size_t len, char **out)
         if (c == '%') {
             int hi, lo;
 
-            if (i + 2 >= len + 0 && i + 2 > len - 1 + 1)
+            if (i + 2 >= len)
                 goto bad;
             hi = hex_value(s[i + 1]);
             lo = hex_value(s[i + 2]);
@@ -235,8 +237,7 @@ static bool all_digits_and_dots(const char *s, size_t len)
  * Validate host s[0..len) and write it lowercased into host (cap bytes).
  * Returns NULL or the reason it is invalid.
  */
-static const char *parse_host(const char *s, size_t len, char *host,
-                              size_t cap)
+static const char *parse_host(const char *s, size_t len, char *host, size_t cap)
 {
     size_t i;
 
@@ -260,8 +261,8 @@ static const char *parse_host(const char *s, size_t len, char *host,
     } else if (!dns_name_valid(s, len)) {
         return "invalid host";
     }
-    if (len >= cap)
-        return "invalid host";
+    SVC_ASSERT(len < cap); /* names are <= 253, addresses shorter */
+    SVC_UNUSED(cap);
     for (i = 0; i < len; i++)
         host[i] = to_lower(s[i]);
     host[len] = '\0';
@@ -290,7 +291,7 @@ static const char *parse_port(const char *s, size_t len, unsigned *port)
 
 /*
  * Split userinfo s[0..len) at its first ':' into decoded username and
- * password (empty password = absent). Returns NULL or the reason; on
+ * password (an empty password is absent). Returns NULL or the reason; on
  * success *user and *pass are set (caller frees).
  */
 static const char *parse_userinfo(const char *s, size_t len, char **user,
@@ -303,21 +304,14 @@ static const char *parse_userinfo(const char *s, size_t len, char **user,
     *err = 0;
     if (ulen == 0)
         return "empty username";
+    /* a non-empty span decodes to a non-empty string (NUL is refused) */
     *err = percent_decode(s, ulen, &u);
     if (*err < 0)
         goto fail;
-    if (u[0] == '\0') {
-        *err = -EINVAL;
-        goto fail;
-    }
     if (colon && len - ulen - 1 > 0) {
         *err = percent_decode(colon + 1, len - ulen - 1, &p);
         if (*err < 0)
             goto fail;
-        if (p[0] == '\0') {
-            free(p);
-            p = NULL;
-        }
     }
     *user = u;
     *pass = p;
@@ -352,13 +346,72 @@ static int url_fail(const char **reason, const char *why)
     return -EINVAL;
 }
 
+/*
+ * The scheme of url (or the default) and where the rest starts. Returns
+ * NULL or the reason.
+ */
+static const char *pick_scheme(const char *url, int default_scheme,
+                               enum entry_scheme *scheme, const char **rest)
+{
+    size_t slen = scheme_prefix_len(url);
+
+    if (slen > 0) {
+        if (scheme_from_span(url, slen, scheme) < 0)
+            return "unsupported scheme";
+        *rest = url + slen + 3;
+        return NULL;
+    }
+    if (strncmp(url, "://", 3) == 0)
+        return "missing scheme";
+    if (strstr(url, "://"))
+        return "unsupported scheme";
+    if (default_scheme < 0 || (size_t)default_scheme >= N_SCHEMES)
+        return "missing scheme";
+    *scheme = (enum entry_scheme)default_scheme;
+    *rest = url;
+    return NULL;
+}
+
+/*
+ * Find the ':' before the port in hostport[0..end): the last ':' of a
+ * name or IPv4 address, the one right after ']' of an IPv6 address.
+ * Returns NULL or the reason.
+ */
+static const char *find_port_sep(const char *hostport, const char *end,
+                                 const char **sep)
+{
+    const char *p, *found = NULL;
+
+    if (hostport[0] == '[') {
+        const char *close = memchr(hostport, ']', (size_t)(end - hostport));
+
+        if (!close)
+            return "invalid IPv6 address";
+        if (close + 1 == end)
+            return "missing port";
+        if (close[1] != ':')
+            return "invalid host";
+        *sep = close + 1;
+        return NULL;
+    }
+    for (p = hostport; p < end; p++) {
+        if (*p == ':')
+            found = p;
+    }
+    if (!found)
+        return hostport == end ? "empty host" : "missing port";
+    *sep = found;
+    return NULL;
+}
+
 int entry_url_parse(const char *url, int default_scheme, struct entry_url *out,
                     const char **reason)
 {
     struct entry_url u;
     const char *why = NULL;
-    const char *rest, *auth_end, *at, *hostport, *port_sep;
-    size_t len, i, slen;
+    const char *rest = NULL, *auth_end, *at = NULL, *hostport, *p;
+    const char *port_sep = NULL;
+    size_t len, i;
     int err = 0, n;
 
     memset(&u, 0, sizeof u);
@@ -371,57 +424,27 @@ int entry_url_parse(const char *url, int default_scheme, struct entry_url *out,
         return url_fail(reason, "URL too long");
     for (i = 0; i < len; i++) {
         unsigned char c = (unsigned char)url[i];
+
         if (c <= 0x20 || c == 0x7f)
             return url_fail(reason, "invalid character in URL");
     }
+    why = pick_scheme(url, default_scheme, &u.scheme, &rest);
+    if (why)
+        return url_fail(reason, why);
 
-    slen = scheme_prefix_len(url);
-    if (slen > 0) {
-        if (scheme_from_span(url, slen, &u.scheme) < 0)
-            return url_fail(reason, "unsupported scheme");
-        rest = url + slen + 3;
-    } else if (strstr(url, "://")) {
-        return url_fail(reason, "unsupported scheme");
-    } else if (default_scheme >= 0 && (size_t)default_scheme < N_SCHEMES) {
-        u.scheme = (enum entry_scheme)default_scheme;
-        rest = url;
-    } else {
-        return url_fail(reason, "missing scheme");
+    /* The authority ends at the first '/', '?' or '#'; within it the
+     * userinfo ends at the last '@'. Only one trailing '/' may follow. */
+    auth_end = rest + strcspn(rest, "/?#");
+    for (p = rest; p < auth_end; p++) {
+        if (*p == '@')
+            at = p;
     }
-
-    /* Userinfo ends at the last '@'; the authority then ends at the first
-     * '/', '?' or '#'. Only one trailing '/' may follow it. */
-    at = strrchr(rest, '@');
     hostport = at ? at + 1 : rest;
-    auth_end = hostport + strcspn(hostport, "/?#");
-    if (at && at - rest != (ptrdiff_t)strcspn(rest, "/?#") &&
-        (size_t)(at - rest) > strcspn(rest, "/?#"))
-        return url_fail(reason, "unexpected path, query or fragment");
     if (*auth_end != '\0' && strcmp(auth_end, "/") != 0)
         return url_fail(reason, "unexpected path, query or fragment");
-
-    /* host:port, host may be a bracketed IPv6 address */
-    if (hostport[0] == '[') {
-        const char *close = memchr(hostport, ']', (size_t)(auth_end - hostport));
-        if (!close)
-            return url_fail(reason, "invalid IPv6 address");
-        port_sep = close + 1;
-        if (port_sep == auth_end)
-            return url_fail(reason, "missing port");
-        if (*port_sep != ':')
-            return url_fail(reason, "invalid host");
-    } else {
-        port_sep = NULL;
-        for (const char *p = hostport; p < auth_end; p++) {
-            if (*p == ':')
-                port_sep = p;
-        }
-        if (!port_sep) {
-            if (hostport == auth_end)
-                return url_fail(reason, "empty host");
-            return url_fail(reason, "missing port");
-        }
-    }
+    why = find_port_sep(hostport, auth_end, &port_sep);
+    if (why)
+        return url_fail(reason, why);
     why = parse_host(hostport, (size_t)(port_sep - hostport), u.host,
                      sizeof u.host);
     if (why)
@@ -442,10 +465,8 @@ int entry_url_parse(const char *url, int default_scheme, struct entry_url *out,
 
     n = snprintf(u.normalised, sizeof u.normalised, "%s://%s:%u",
                  scheme_names[u.scheme], u.host, u.port);
-    if (n < 0 || (size_t)n >= sizeof u.normalised) {
-        entry_url_fini(&u);
-        return url_fail(reason, "URL too long");
-    }
+    SVC_ASSERT(n > 0 && (size_t)n < sizeof u.normalised); /* host <= 253 */
+    SVC_UNUSED(n);
     *out = u;
     return 0;
 }
@@ -581,15 +602,21 @@ int entry_set_str(char **field, const char *s)
     return 0;
 }
 
-void entry_compute_expiry(struct entry *e)
+/* fetch_time + ttl_s * 1000, saturating at the int64 limits. */
+static int64_t expiry_of(int64_t fetch_time, int64_t ttl_s)
 {
     int64_t ms, sum;
 
-    if (__builtin_mul_overflow(e->ttl_seconds, (int64_t)1000, &ms))
-        ms = e->ttl_seconds < 0 ? INT64_MIN : INT64_MAX;
-    if (__builtin_add_overflow(e->fetch_time, ms, &sum))
+    if (__builtin_mul_overflow(ttl_s, (int64_t)1000, &ms))
+        ms = ttl_s < 0 ? INT64_MIN : INT64_MAX;
+    if (__builtin_add_overflow(fetch_time, ms, &sum))
         sum = ms < 0 ? INT64_MIN : INT64_MAX;
-    e->expires_at = sum;
+    return sum;
+}
+
+void entry_compute_expiry(struct entry *e)
+{
+    e->expires_at = expiry_of(e->fetch_time, e->ttl_seconds);
 }
 
 int entry_expired(const struct entry *e, int64_t now_ms)
@@ -718,7 +745,6 @@ int entry_validate(const struct entry *e, const char **reason)
     struct entry_url u;
     const char *why = NULL;
     char key[ENTRY_KEY_LEN + 1];
-    struct entry tmp;
     bool same;
 
     if (!e)
@@ -743,10 +769,7 @@ int entry_validate(const struct entry *e, const char **reason)
         return bad(reason, "negative ttl_seconds");
     if (e->fetch_time < 0)
         return bad(reason, "negative fetch_time");
-    tmp.fetch_time = e->fetch_time;
-    tmp.ttl_seconds = e->ttl_seconds;
-    entry_compute_expiry(&tmp);
-    if (tmp.expires_at != e->expires_at)
+    if (expiry_of(e->fetch_time, e->ttl_seconds) != e->expires_at)
         return bad(reason, "expires_at does not match fetch_time + ttl");
     if ((unsigned)e->health >= N_HEALTH)
         return bad(reason, "invalid health_status");

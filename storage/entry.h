@@ -88,7 +88,7 @@ struct entry_url {
  * scheme is http, https, socks4 or socks5 (case-insensitive); host is a
  * DNS name, an IPv4 dotted quad or a bracketed IPv6 address; port 1..65535.
  * If default_scheme is >= 0 a bare "host:port" is accepted with that scheme.
- * On error returns -EINVAL and, when reason is non-NULL, points *reason at a
+ * Returns -ENOMEM when out of memory. On error returns -EINVAL and, when reason is non-NULL, points *reason at a
  * static string saying why (never quoting the credentials).
  */
 int entry_url_parse(const char *url, int default_scheme, struct entry_url *out,
