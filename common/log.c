@@ -85,7 +85,9 @@ static void put_raw(char *buf, size_t cap, size_t *pos, const char *s)
 {
     size_t n = strlen(s);
 
-    if (*pos + n >= cap)
+    if (*pos + 1 >= cap)
+        return;
+    if (n > cap - *pos - 1)
         n = cap - *pos - 1;
     memcpy(buf + *pos, s, n);
     *pos += n;

@@ -45,7 +45,8 @@ void log_write(enum log_level level, const char *module, int errnum,
                const char *const *kv, const char *fmt, ...)
     __attribute__((format(printf, 5, 6)));
 void log_vwrite(enum log_level level, const char *module, int errnum,
-                const char *const *kv, const char *fmt, va_list ap);
+                const char *const *kv, const char *fmt, va_list ap)
+    __attribute__((format(printf, 5, 0)));
 
 #ifndef LOG_MODULE
 #define LOG_MODULE "main"
