@@ -208,6 +208,7 @@ struct cache {
 
     uint32_t failure_threshold;
     int64_t default_ttl;
+    size_t l2_cap; /* cfg->l2_capacity; 0 = unknown (no shortcut) */
     struct cache_source_ttl *source_ttls; /* own copy */
     size_t n_source_ttls;
     const struct crypto_keyring *ring; /* borrowed */
@@ -1126,6 +1127,7 @@ struct uslot {
     const char *key;        /* borrowed from the first item with this key */
     struct entry *existing; /* what the cache held (new ref) or NULL */
     struct entry *merged;   /* version to write (new ref) or NULL */
+    int found;              /* tier the existing copy came from, or -1 */
     bool dirty;             /* merged must be written */
     int err;                /* 0 or -errno for every item of this key */
     struct fence_ticket tk;
@@ -1185,10 +1187,13 @@ static void upsert_item(struct cache *c, struct uslot *s,
     if (first) {
         struct entry *ex = NULL;
         uint64_t v0;
-        int from;
+        int from = -1;
         fence_begin(c, s->key, &s->tk);
-        if (walk(c, s->key, now, false, &ex, &from, &v0) == 0)
+        s->found = -1;
+        if (walk(c, s->key, now, false, &ex, &from, &v0) == 0) {
             s->existing = ex;
+            s->found = from;
+        }
     }
     /* As if the batch's items were written one after the other: an
      * earlier item of this key that is already expired left it absent. */
@@ -1281,14 +1286,40 @@ static unsigned upsert_live(struct cache *c, struct uslot *slots,
         }
     }
 
+    /*
+     * Write-through to L2. A batch larger than L2 leaves only its last
+     * l2_cap entries there, so only those are written (and L1's victims,
+     * which the batch would push straight out, are not demoted); an older
+     * L2 copy of a skipped key is deleted instead. Only keys found in L1
+     * or L2 can have one: the walk stops at the first tier holding the key,
+     * and promotions of it are held off by our fence.
+     */
+    if (c->l2_cap && n_live >= c->l2_cap) {
+        for (size_t i = 0; i < n_vics; i++) {
+            count_evict(c, CACHE_L1, CACHE_EVICT_LRU, 1);
+            entry_unref(vics[i]);
+        }
+        n_vics = 0;
+    }
     for (size_t i = 0; i < n_vics; i++)
         demote(c, vics[i]);
     free(vics);
 
     if (usable(c, CACHE_L2)) {
         struct tier *l2 = c->ts[CACHE_L2].t;
-        size_t nv = 0;
-        int err = l2->ops->put_batch(l2, live, n_live, &nv);
+        size_t first = 0, nv = 0;
+        int err;
+        if (c->l2_cap && n_live > c->l2_cap) {
+            first = n_live - c->l2_cap;
+            for (size_t i = 0; i < first; i++) {
+                int found = slots[slot_of_live[i]].found;
+                if (found == CACHE_L1 || found == CACHE_L2) {
+                    err = l2->ops->del(l2, live[i]->key);
+                    cache_note_tier_result(c, CACHE_L2, err);
+                }
+            }
+        }
+        err = l2->ops->put_batch(l2, live + first, n_live - first, &nv);
         cache_note_tier_result(c, CACHE_L2, err);
         count_evict(c, CACHE_L2, CACHE_EVICT_LRU, nv);
         if (c->ts[CACHE_L3].t)
@@ -2136,6 +2167,7 @@ int cache_new_with_tiers(const struct cache_config *cfg, struct tier *l1,
     c->ts[CACHE_L2].t = l2;
     c->ts[CACHE_L3].t = l3;
     c->failure_threshold = cfg->failure_threshold;
+    c->l2_cap = l2 ? cfg->l2_capacity : 0;
     c->default_ttl = cfg->default_ttl;
     c->ring = cfg->ring;
     *out = c;

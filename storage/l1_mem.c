@@ -107,13 +107,20 @@ static inline struct l1 *to_l1(struct tier *t)
     return (struct l1 *)t;
 }
 
+/* The value of a lowercase hex digit, or 0xff. Written without branches
+ * (conditional moves): the digits of a SHA-256 are random, so
+ * per-character branches would mispredict half the time on the get path. */
+static inline unsigned hexv(unsigned char c)
+{
+    unsigned d = (unsigned)c - '0', a = (unsigned)c - 'a';
+    unsigned v = a < 6 ? a + 10 : 0xff;
+    return d < 10 ? d : v;
+}
+
 static int hexval(unsigned char c)
 {
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    return -1;
+    unsigned v = hexv(c);
+    return v > 15 ? -1 : (int)v;
 }
 
 /* The first 16 hex digits as a uint64. False if key does not start with 16
@@ -123,10 +130,10 @@ static bool key_hash(const char *key, uint64_t *out)
 {
     uint64_t h = 0;
     for (int i = 0; i < 16; i++) {
-        int v = hexval((unsigned char)key[i]);
-        if (v < 0)
+        unsigned v = hexv((unsigned char)key[i]);
+        if (v > 15)
             return false;
-        h = (h << 4) | (uint64_t)v;
+        h = (h << 4) | v;
     }
     *out = h;
     return true;

@@ -56,8 +56,9 @@ else
     KEEP=0
 fi
 BIN=$OUT/bin
-rm -f "$OUT/failed"
 mkdir -p "$BIN" || exit 2
+# A temporary directory goes away unless something needs looking at.
+trap '[ "$KEEP" -eq 0 ] && rm -rf "$OUT"' EXIT
 
 # The sources each harness links (besides itself).
 sources_of() {
@@ -178,7 +179,6 @@ else
     CONFIG_INC="-I$OUT/inc"
 fi
 
-# shellcheck disable=SC2046
 CFLAGS="-std=c11 -D_GNU_SOURCE -g -O1 -fno-omit-frame-pointer \
  -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
  -Wall -Wextra -Wshadow -Wpointer-arith -Wstrict-prototypes \
@@ -206,21 +206,28 @@ write_dicts
 export ASAN_OPTIONS="${ASAN_OPTIONS:-abort_on_error=0:detect_leaks=1:allocator_may_return_null=1}"
 export UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}"
 
-FAILED=0
 NTARGETS=0
 NFAILED=0
-note() {
-    echo "$1"
+fail() {
+    NFAILED=$((NFAILED + 1))
+    KEEP=1
+    printf '%-14s %12s execs  %s\n' "$1" "${3:--}" "$2"
 }
+
+if command -v timeout >/dev/null 2>&1; then
+    # The hard guard: libFuzzer's own limit, plus time for loading the
+    # corpus, leak checking and the final stats.
+    GUARD="timeout -k 10 $((SECS + 120))"
+else
+    GUARD=
+fi
 
 for t in $TARGETS; do
     NTARGETS=$((NTARGETS + 1))
     src=$HERE/$t.c
     log=$OUT/$t.log
     if [ ! -f "$src" ]; then
-        note "$(printf '%-14s %12s  %s' "$t" "-" "MISSING ($src)")"
-        FAILED=1
-        echo "$t" >>"$OUT/failed"
+        fail "$t" "MISSING ($src)"
         continue
     fi
     deps=
@@ -230,10 +237,7 @@ for t in $TARGETS; do
     # shellcheck disable=SC2086
     if ! (cd "$ROOT" && $CC $CFLAGS -o "$BIN/$t" "$src" $deps $LIBS) \
         >"$OUT/$t.build.log" 2>&1; then
-        note "$(printf '%-14s %12s  %s' "$t" "-" "BUILD FAILED (see $OUT/$t.build.log)")"
-        FAILED=1
-        echo "$t" >>"$OUT/failed"
-        KEEP=1
+        fail "$t" "BUILD FAILED (see $OUT/$t.build.log)"
         continue
     fi
     if [ -s "$OUT/$t.build.log" ]; then
@@ -242,6 +246,7 @@ for t in $TARGETS; do
     fi
 
     corpus=$OUT/corpus/$t
+    rm -rf "$corpus" "$OUT/artifacts/$t"
     mkdir -p "$corpus" "$OUT/artifacts/$t"
     if [ -d "$HERE/corpus/$t" ]; then
         cp -p "$HERE/corpus/$t"/* "$corpus"/ 2>/dev/null
@@ -249,37 +254,38 @@ for t in $TARGETS; do
     dict=
     [ -f "$OUT/$t.dict" ] && dict="-dict=$OUT/$t.dict"
 
-    # The hard guard: libFuzzer's own limit, plus time for loading the
-    # corpus, leak checking and the final stats.
-    # shellcheck disable=SC2086
-    timeout -k 10 $((SECS + 120)) "$BIN/$t" \
+    # shellcheck disable=SC2046,SC2086
+    $GUARD "$BIN/$t" \
         -max_total_time="$SECS" -rss_limit_mb=2048 -timeout=10 \
         -print_final_stats=1 -artifact_prefix="$OUT/artifacts/$t/" \
         $(options_of "$t") $dict $FUZZ_ARGS "$corpus" >"$log" 2>&1
     rc=$?
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)
-    [ -n "$execs" ] || execs=$(grep -o '#[0-9]*' "$log" | tail -n 1 | tr -d '#')
+    [ -n "$execs" ] || execs=$(grep -o '^#[0-9]*' "$log" | tail -n 1 | tr -d '#')
     [ -n "$execs" ] || execs=0
     if [ $rc -eq 0 ]; then
-        result="ok ($(find "$corpus" -type f | wc -l) corpus files)"
-    else
-        FAILED=1
-        echo "$t" >>"$OUT/failed"
-        KEEP=1
-        what=$(grep -m 1 -E '^(==[0-9]+==ERROR|SUMMARY|.*runtime error:|ALARM|==[0-9]+== ERROR)' "$log" |
-            cut -c1-160)
-        art=$(ls "$OUT/artifacts/$t/" 2>/dev/null | head -n 1)
-        [ $rc -eq 124 ] || [ $rc -eq 137 ] && what="hard timeout (rc $rc)"
-        result="FAILED rc=$rc: ${what:-see log}${art:+ [artifact $OUT/artifacts/$t/$art]}"
+        printf '%-14s %12s execs  ok (%s corpus files)\n' "$t" "$execs" \
+            "$(find "$corpus" -type f | wc -l)"
+        continue
     fi
-    note "$(printf '%-14s %12s execs  %s' "$t" "$execs" "$result")"
+    # The most precise line first: a harness invariant, a sanitizer
+    # report, then libFuzzer's own verdict.
+    what=$(grep -m 1 'invariant failed' "$log")
+    [ -n "$what" ] || what=$(grep -m 1 -E 'runtime error:|==[0-9]+==ERROR: [A-Za-z]+Sanitizer' "$log")
+    [ -n "$what" ] || what=$(grep -m 1 -E '^SUMMARY|ERROR: libFuzzer' "$log")
+    if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then
+        what="hard timeout guard fired (rc $rc)"
+    fi
+    art=$(find "$OUT/artifacts/$t" -type f | head -n 1)
+    fail "$t" "FAILED rc=$rc: $(printf '%s' "${what:-see $log}" | cut -c1-200)" "$execs"
+    if [ -n "$art" ]; then
+        echo "    input: $art ($(wc -c <"$art") bytes)"
+        echo "    hex:   $(od -An -tx1 -v "$art" | tr -d ' \n' | cut -c1-400)"
+        echo "    rerun: $BIN/$t $art"
+    fi
+    echo "    log:   $log"
 done
 
-NFAILED=$(grep -c . "$OUT/failed" 2>/dev/null || echo 0)
 echo "fuzz: $NTARGETS target(s), $NFAILED failed, ${SECS}s each"
-if [ $KEEP -eq 1 ]; then
-    echo "logs, artifacts and corpora kept in $OUT"
-else
-    rm -rf "$OUT"
-fi
-exit $FAILED
+[ $KEEP -eq 1 ] && echo "logs, artifacts and corpora kept in $OUT"
+[ $NFAILED -eq 0 ]

@@ -365,3 +365,49 @@ def test_warm_over_max_import_bytes_is_413(server_factory):
     r = c.post("/v1/warm", data=lines.encode(),
                headers={"Content-Type": "text/plain"})
     assert r.status_code == 413, r.text
+
+
+def test_import_over_max_import_bytes_is_413(server_factory):
+    s = server_factory(args=["--max-import-bytes", "4096"])
+    c = s.client()
+    line = ('{"key":"%s","proxy_url":"http://10.58.0.1:80","source":"x",'
+            '"protocol":"http","fetch_time":"2026-01-01T00:00:00.000Z",'
+            '"ttl_seconds":1,"expires_at":"2026-01-01T00:00:01.000Z",'
+            '"health_status":"unknown","failure_count":0,"access_count":0}\n'
+            % key_for("http://10.58.0.1:80"))
+    body = (line * (8192 // len(line) + 1)).encode()
+    r = c.post("/v1/import", data=body,
+               headers={"Content-Type": "application/x-ndjson"})
+    assert r.status_code == 413, r.text
+
+
+@pytest.mark.parametrize("route", ["/v1/proxies/{key}/health",
+                                   "/v1/proxies/health"])
+def test_health_body_over_max_body_bytes_is_413(small_body_server, route):
+    c = small_body_server.client()
+    key = c.upsert({"proxy_url": unique_url()}).json()["key"]
+    if route == "/v1/proxies/health":
+        body = [{"key": key, "status": "failure"}] * 60
+    else:
+        body = {"status": "failure", "padding": "x" * 3000}
+    r = c.post(route.replace("{key}", key), json=body)
+    assert r.status_code == 413, r.text
+    assert c.get(f"/v1/proxies/{key}").json()["failure_count"] == 0
+
+
+@pytest.mark.parametrize("value", ["abc", "TRUE", "yes", "2"])
+def test_bad_reveal_value_is_400(client, value):
+    key = client.upsert({"proxy_url": "http://ru:zq9pwd7@10.59.0.1:80"}
+                        ).json()["key"]
+    r = client.get(f"/v1/proxies/{key}", params={"reveal": value})
+    assert r.status_code == 400, r.text
+    assert r.json()["field"] == "reveal"
+    assert "zq9pwd7" not in r.text
+
+
+@pytest.mark.parametrize("body", [b"5", b'"text"', b"null", b"true"])
+def test_warm_json_neither_array_nor_object_is_400(client, body):
+    r = client.post("/v1/warm", data=body,
+                    headers={"Content-Type": "application/json"})
+    assert r.status_code == 400, r.text
+    assert client.list_all() == []

@@ -306,6 +306,7 @@ def test_disk_full_degrades_and_recovers(server_factory, tmp_path):
             filler = mnt / "filler"
             assert _fill(filler) > 0
             summary = _drive_failing(s, c, acked, "l3", "full")
+            print("SUMMARY", summary, c.stats()["tiers"]["l3"])
             assert summary["lacking"] > 0, (
                 f"no write acknowledged without l3 on a full disk: "
                 f"{summary}; stats {c.stats()['tiers']['l3']}")

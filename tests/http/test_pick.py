@@ -159,3 +159,22 @@ def test_random_choice_covers_every_candidate(client):
         if len(seen) == 4:
             break
     assert seen == {key_for(u) for u in urls}
+
+
+def test_weighted_toward_low_failure_count(client):
+    good, flaky = "http://10.44.0.1:80", "http://10.44.0.2:80"
+    client.upsert_many([
+        {"proxy_url": good, "health_status": "healthy", "failure_count": 0},
+        {"proxy_url": flaky, "health_status": "unknown", "failure_count": 2}])
+    counts = collections.Counter(
+        _pick(client)[0]["key"] for _ in range(300))
+    assert counts[key_for(good)] > counts[key_for(flaky)], counts
+
+
+def test_pick_does_not_return_expired_entries_later(client):
+    """An entry expiring after the write is never picked after expiry."""
+    live = unique_url()
+    client.upsert_many([{"proxy_url": live},
+                        {"proxy_url": unique_url(), "ttl_seconds": 0}])
+    for _ in range(10):
+        assert [p["key"] for p in _pick(client, count=10)] == [key_for(live)]

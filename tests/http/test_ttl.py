@@ -36,6 +36,12 @@ def test_ttl_zero_is_accepted_and_never_served(client):
     assert client.list_all() == []
     assert client.get("/v1/pick").status_code == 503
     assert key not in client.get("/v1/export").text
+    r = client.post(f"/v1/proxies/{key}/health", json={"status": "failure"})
+    assert r.status_code == 404
+    r = client.post("/v1/proxies/health", json=[{"key": key,
+                                                  "status": "success"}])
+    assert r.json()["results"][0]["outcome"] == "not_found"
+    assert client.delete(f"/v1/proxies/{key}").status_code == 404
     wait_until(lambda: _ttl_evictions(client) >= 1, 5,
                what="a ttl eviction to be counted")
     wait_until(lambda: _sizes(client) == {"l1": 0, "l2": 0, "l3": 0}, 5,

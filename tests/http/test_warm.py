@@ -5,13 +5,15 @@ the source/ttl_seconds query overrides, per-line errors with line numbers,
 and the real snapshots in shared/data/proxylists (counts from its README);
 plus start-up warming with --warm."""
 
+import datetime
 import json
 import subprocess
+import time
 
 import pytest
 
 from conftest import TEST_TOKEN
-from helpers import key_for, parse_iso, utcnow
+from helpers import iso, key_for, parse_iso, utcnow
 
 
 def _warm(client, body, ctype, **params):
@@ -300,3 +302,60 @@ def test_warm_with_token_server_needs_token(token_server):
         "/v1/warm", data=b"10.71.0.1:80\n",
         headers={"Content-Type": "text/plain"}).status_code == 200
     assert TEST_TOKEN  # the server's token is TEST_TOKEN
+
+
+def test_warm_keeps_a_recent_fetch_time_only(client):
+    recent = (utcnow() - datetime.timedelta(seconds=60)).replace(
+        microsecond=500000)
+    body = json.dumps([
+        {"proxy_url": "http://10.72.0.1:80", "fetch_time": iso(recent)},
+        {"proxy_url": "http://10.72.0.2:80",
+         "fetch_time": "2020-01-01T00:00:00Z"},
+    ])
+    doc = _warm(client, body, "application/json")
+    assert doc["imported"] == 2, doc
+    e = _entry(client, "http://10.72.0.1:80")
+    assert parse_iso(e["fetch_time"]) == recent
+    e = _entry(client, "http://10.72.0.2:80")
+    assert abs((parse_iso(e["fetch_time"]) - utcnow()).total_seconds()) < 30
+    assert parse_iso(e["expires_at"]) > utcnow()
+
+
+@pytest.mark.slow
+def test_not_ready_while_warming(server_factory, tmp_path):
+    """While a large --warm file loads, /readyz is 503 (starting/warming)
+    and pick is 503 with Retry-After; once ready, everything is there.
+    (If warming finishes before the first probe, only the end state is
+    checked.)"""
+    path = tmp_path / "big.txt"
+    with open(path, "w") as f:
+        for i in range(100000):
+            f.write(f"10.{100 + i // 65536}.{(i // 256) % 256}.{i % 256}:"
+                    f"{1024 + i % 50000}\n")
+    s = server_factory(args=["--warm", str(path)], wait_ready=False)
+    c = s.client()
+    seen_not_ready = 0
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        r = c.get("/readyz")
+        if r.status_code == 200:
+            break
+        assert r.status_code == 503
+        assert r.json()["status"] in ("starting", "warming")
+        seen_not_ready += 1
+        p = c.get("/v1/pick")
+        if p.status_code == 503:
+            assert int(p.headers["Retry-After"]) >= 1
+        elif c.get("/readyz").status_code == 503:
+            raise AssertionError(f"pick answered {p.status_code} while "
+                                 f"warming")
+        st = c.stats()
+        if c.get("/readyz").status_code == 503:
+            assert st["warming"] is True or st["tiers"]["l3"]["size"] == 0
+        time.sleep(0.02)
+    else:
+        raise AssertionError("not ready within 120 s")
+    st = c.stats()
+    assert st["warming"] is False
+    assert st["tiers"]["l3"]["size"] == 100000
+    print(f"observed {seen_not_ready} not-ready probes while warming")

@@ -345,10 +345,11 @@ static void model_run(uint64_t seed, unsigned steps)
         unsigned op = rn(100);
 
         if (op < 30) {
-            /* upsert batch of 1..4 (duplicates possible) */
-            struct cache_item items[4];
-            enum cache_outcome want[4];
-            unsigned n = 1 + rn(4), flags = rn(5) == 0 ?
+            /* upsert batch of 1..4, sometimes 9..12 (more than L2 holds);
+             * duplicates possible */
+            struct cache_item items[12];
+            enum cache_outcome want[12];
+            unsigned n = rn(10) ? 1 + rn(4) : 9 + rn(4), flags = rn(5) == 0 ?
                                                 CACHE_UPSERT_NEWER_ONLY : 0;
             unsigned mask = 0;
             for (unsigned j = 0; j < n; j++) {
@@ -772,33 +773,35 @@ START_TEST(test_tier_movement)
         ck_assert_int_eq(items[i].outcome, CACHE_CREATED);
         entry_unref(items[i].entry);
     }
-    /* L1 = {9, 8}; L2 = {6, 7, 8, 9} (LRU first); L3 = all. */
+    /* L1 = {9, 8}; L2 = {6, 7, 8, 9} (LRU first; a batch larger than L2
+     * writes only its last 4 there); L3 = all. */
     ck_assert(l1_has(fx.l1, 9) && l1_has(fx.l1, 8) && !l1_has(fx.l1, 7));
     ck_assert(fk_has(fx.l2, 6) && !fk_has(fx.l2, 5));
+    ck_assert_uint_eq(fx.l2->n_put_batch, 1);
     assert_counts(fx.c, CACHE_L1, 8, 0, 0);
-    assert_counts(fx.c, CACHE_L2, 6, 6, 0);
+    assert_counts(fx.c, CACHE_L2, 0, 0, 0);
 
     ck_assert_int_eq(get_tier(fx.c, 9, NULL), CACHE_L1);
     /* L2 hit: promoted to L1, whose victim 8 is demoted into L2. */
     ck_assert_int_eq(get_tier(fx.c, 7, NULL), CACHE_L2);
     assert_counts(fx.c, CACHE_L1, 9, 1, 1);
-    assert_counts(fx.c, CACHE_L2, 6, 6, 0);
+    assert_counts(fx.c, CACHE_L2, 0, 0, 0);
     /* L3 hit: into L2 (evicting 6), then L1 (demoting 9). */
     ck_assert_int_eq(get_tier(fx.c, 0, NULL), CACHE_L3);
     assert_counts(fx.c, CACHE_L1, 10, 2, 2);
-    assert_counts(fx.c, CACHE_L2, 7, 7, 1);
+    assert_counts(fx.c, CACHE_L2, 1, 1, 1);
     ck_assert(!fk_has(fx.l2, 6));
     /* 6: L3 again; L2 evicts 7 for it, then 8 for the demoted 7. */
     ck_assert_int_eq(get_tier(fx.c, 6, NULL), CACHE_L3);
     assert_counts(fx.c, CACHE_L1, 11, 3, 3);
-    assert_counts(fx.c, CACHE_L2, 9, 9, 2);
+    assert_counts(fx.c, CACHE_L2, 3, 3, 2);
     ck_assert_int_eq(get_tier(fx.c, 0, NULL), CACHE_L1);
     ck_assert_int_eq(get_tier(fx.c, 8, NULL), CACHE_L3);
     assert_counts(fx.c, CACHE_L1, 12, 4, 4);
-    assert_counts(fx.c, CACHE_L2, 10, 10, 3);
+    assert_counts(fx.c, CACHE_L2, 4, 4, 3);
     ck_assert_int_eq(get_tier(fx.c, 9, NULL), CACHE_L2);
     assert_counts(fx.c, CACHE_L1, 13, 5, 5);
-    assert_counts(fx.c, CACHE_L2, 11, 11, 3);
+    assert_counts(fx.c, CACHE_L2, 5, 5, 3);
     assert_counts(fx.c, CACHE_L3, 0, 0, 0);
 
     ck_assert(l1_has(fx.l1, 9) && l1_has(fx.l1, 8));
@@ -818,6 +821,42 @@ START_TEST(test_tier_movement)
     ck_assert_uint_eq(s.tier[CACHE_L2].size, 4);
     ck_assert_uint_eq(s.tier[CACHE_L3].size, 10);
     ck_assert_uint_eq(s.writes, 10);
+    fx_close(&fx);
+}
+END_TEST
+
+START_TEST(test_big_batch_drops_stale_l2_copy)
+{
+    struct fixture fx;
+    struct cache_item items[9];
+    char k0[ENTRY_KEY_LEN + 1];
+    struct entry *e = NULL;
+
+    struct cache_config cfg = base_cfg();
+
+    /* Configured L2 capacity 4, but the tier holds 8: without the delete
+     * the old copy of 0 would survive next to the 4 written. (With equal
+     * capacities LRU eviction removes it anyway; the delete is the safety
+     * net for an L2 that keeps more than configured.) */
+    cfg.l1_capacity = 2;
+    cfg.l2_capacity = 4;
+    fx_open_cfg(&fx, 2, 8, true, &cfg);
+    up(fx.c, mk(0, "v1", T0, 3600), CACHE_F_ALL, 0, NULL);
+    key_of(0, k0);
+    ck_assert(fk_has(fx.l2, 0));
+    for (int i = 0; i < 9; i++)
+        items[i] = (struct cache_item){mk(i, "v2", T0, 3600), CACHE_F_ALL, -1,
+                                       CACHE_UNCHANGED};
+    ck_assert_int_eq(cache_upsert(fx.c, items, 9, 0, NULL), 0);
+    for (int i = 0; i < 9; i++)
+        entry_unref(items[i].entry);
+    /* 0 is not among the 4 written to L2, and its old copy is gone. */
+    ck_assert(!fk_has(fx.l2, 0));
+    ck_assert(fk_has(fx.l2, 5) && fk_has(fx.l2, 8));
+    ck_assert_int_eq(get_tier(fx.c, 0, &e), CACHE_L3);
+    ck_assert_str_eq(e->source, "v2");
+    entry_unref(e);
+    (void)k0;
     fx_close(&fx);
 }
 END_TEST
@@ -1653,6 +1692,7 @@ static Suite *cache_suite(void)
         {"l2_degrade_recover", test_l2_degrades_and_recovers},
         {"failing_get", test_failing_get_is_a_miss},
         {"tier_movement", test_tier_movement},
+        {"big_batch_l2", test_big_batch_drops_stale_l2_copy},
         {"access_stats", test_access_stats},
         {"ttl_zero", test_ttl_zero},
         {"lazy_expiry", test_lazy_expiry},

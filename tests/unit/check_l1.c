@@ -2,7 +2,7 @@
 /*
  * Unit tests of the L1 tier (storage/l1_mem.c) through its ops table:
  * capacity and LRU victims, move-to-front on get, NOTOUCH, replace, the
- * lazy-LRU window of larger tables, scan order/filter/paging (and that scan
+ * sharded LRU of larger tables, scan order/filter/paging (and that scan
  * does not touch LRU order), bounded and reproducible samples, bounded
  * sweeps, clear, bad input, bucket growth, and a 4-thread mixed workload
  * meant for ThreadSanitizer.
@@ -185,28 +185,29 @@ START_TEST(test_returned_reference_survives_eviction)
 }
 END_TEST
 
-START_TEST(test_lazy_window_large)
+START_TEST(test_sharded_large)
 {
-    /* capacity 1000: window 125. The tail is far outside the window, so
-     * reading it must still move it to the front. */
+    /* capacity 1000: 8 shards of 125, LRU per shard. The total never
+     * exceeds the capacity and reaches it once every shard is full; an
+     * entry read between inserts is always its shard's MRU and survives,
+     * an entry never read again is evicted. */
     struct tier *t = open_l1(1000);
-    struct entry *probe = mkv(0), *got = NULL;
+    struct entry *hot = mkv(0), *got = NULL;
+    int victims = 0;
 
     for (int i = 0; i < 1000; i++)
-        ck_assert_int_eq(put_idx(t, mkv(i), 0), -1);
-    ck_assert_int_eq(t->ops->get(t, probe->key, &got), 0);
-    entry_unref(got);
-    ck_assert_int_eq(put_idx(t, mkv(1000), 0), 1);
-    /* An entry read repeatedly while inside the window stays in front
-     * of everything older than the window. */
-    for (int r = 0; r < 10; r++) {
-        ck_assert_int_eq(t->ops->get(t, probe->key, &got), 0);
+        victims += put_idx(t, mkv(i), 0) >= 0;
+    ck_assert_uint_eq(t->ops->size(t) + (size_t)victims, 1000);
+    for (int i = 1000; i < 6000; i++) {
+        ck_assert_int_eq(t->ops->get(t, hot->key, &got), 0);
         entry_unref(got);
-    }
-    for (int i = 1001; i < 1001 + 800; i++)
         ck_assert_int_ne(put_idx(t, mkv(i), 0), 0);
+        ck_assert_uint_le(t->ops->size(t), 1000);
+    }
+    ck_assert_uint_eq(t->ops->size(t), 1000);
     ck_assert(has(t, 0));
-    entry_unref(probe);
+    ck_assert(!has(t, 1) && !has(t, 2) && !has(t, 3));
+    entry_unref(hot);
     tier_close(t);
 }
 END_TEST
@@ -484,8 +485,7 @@ END_TEST
 
 /* Four threads hammer a small table with every operation. Run under TSan
  * to catch races; here we check the invariants that survive. */
-#define MT_KEYS 256
-#define MT_CAP 64
+#define MT_KEYS 2048
 #define MT_OPS 20000
 
 struct mt_arg {
@@ -549,8 +549,10 @@ static void *mt_run(void *p)
 
 START_TEST(test_concurrent)
 {
-    struct tier *t = open_l1(MT_CAP);
-    struct entry *pool[MT_KEYS];
+    /* One shard (exact LRU), then 16 shards. */
+    static const size_t caps[] = {64, 1024};
+    struct tier *t = open_l1(caps[_i]);
+    struct entry **pool = calloc(MT_KEYS, sizeof(*pool));
     pthread_t th[4];
     struct mt_arg args[4];
     size_t n = 0;
@@ -564,7 +566,7 @@ START_TEST(test_concurrent)
     }
     for (int i = 0; i < 4; i++)
         pthread_join(th[i], NULL);
-    ck_assert_uint_le(t->ops->size(t), MT_CAP);
+    ck_assert_uint_le(t->ops->size(t), caps[_i]);
     tier_filter_init(&f, INT64_MIN);
     ck_assert_int_eq(t->ops->scan(t, &f, "", SIZE_MAX, count_cb, &n), 0);
     ck_assert_uint_eq(n, t->ops->size(t));
@@ -574,6 +576,7 @@ START_TEST(test_concurrent)
         ck_assert_int_eq(atomic_load(&pool[i]->refs), 1);
         entry_unref(pool[i]);
     }
+    free(pool);
 }
 END_TEST
 
@@ -589,7 +592,7 @@ static Suite *l1_suite(void)
         {"replace", test_replace_and_notouch},
         {"notouch", test_replace_not_touching_stays_lru},
         {"refs", test_returned_reference_survives_eviction},
-        {"lazy_window", test_lazy_window_large},
+        {"sharded", test_sharded_large},
         {"growth", test_growth},
         {"bad_input", test_bad_input},
         {"del", test_del},
@@ -607,7 +610,10 @@ static Suite *l1_suite(void)
         TCase *tc = tcase_create(cases[i].name);
         tcase_add_checked_fixture(tc, setup, NULL);
         tcase_set_timeout(tc, 60);
-        tcase_add_test(tc, cases[i].fn);
+        if (cases[i].fn == test_concurrent)
+            tcase_add_loop_test(tc, cases[i].fn, 0, 2);
+        else
+            tcase_add_test(tc, cases[i].fn);
         suite_add_tcase(s, tc);
     }
     return s;

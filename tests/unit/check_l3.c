@@ -19,6 +19,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 
 #include "common/clock.h"
@@ -183,8 +185,8 @@ START_TEST(test_put_get_del)
 }
 END_TEST
 
-/* An upsert replaces every field, keeps one row, and an invalid entry is
- * refused without touching the store. */
+/* An upsert replaces every field, keeps one row, and an entry that
+ * cannot be stored is refused without touching the store. */
 START_TEST(test_replace_and_refuse)
 {
     struct tier *t = open_l3(0);
@@ -204,10 +206,18 @@ START_TEST(test_replace_and_refuse)
     ck_assert_int_eq(got->health, ENTRY_HEALTH_UNHEALTHY);
     entry_unref(got);
 
-    b->expires_at++; /* breaks the expiry invariant */
+    b->health = (enum entry_health)7; /* no such health */
     ck_assert_int_eq(t->ops->put(t, b, 0, NULL), -EINVAL);
+    b->health = ENTRY_HEALTH_HEALTHY;
+    ck_assert_int_eq(entry_set_str(&b->source, NULL), 0);
     ck_assert_int_eq(t->ops->put_batch(t, &b, 1, NULL), -EINVAL);
+    b->key[0] = 'X';
+    ck_assert_int_eq(t->ops->put(t, b, TIER_PUT_NOWAIT, NULL), -EINVAL);
+    ck_assert_int_eq(t->ops->put(t, NULL, 0, NULL), -EINVAL);
     ck_assert_uint_eq(t->ops->size(t), 1);
+    ck_assert_int_eq(t->ops->get(t, a->key, &got), 0);
+    ck_assert_str_eq(got->source, "second");
+    entry_unref(got);
     entry_unref(a);
     entry_unref(b);
     tier_close(t);
@@ -303,7 +313,7 @@ START_TEST(test_corrupt_file_moved_aside)
     fclose(f);
 
     t = open_l3(0);
-    ck_assert_uint_eq(count_glob(""), 2);     /* the db and its -wal */
+    ck_assert_uint_eq(count_glob(""), 2); /* the db and its -wal */
     ck_assert_uint_eq(count_glob("-wal"), 1);
     ck_assert_uint_eq(t->ops->size(t), 0);
     put(t, e);
@@ -317,6 +327,94 @@ START_TEST(test_corrupt_file_moved_aside)
     ck_assert_uint_eq(count_glob(""), 2);
     tier_close(t);
     entry_unref(e);
+}
+END_TEST
+
+/* A real database whose schema page is garbage (SQLITE_CORRUPT rather
+ * than NOTADB) is moved aside too. */
+START_TEST(test_corrupt_schema_moved_aside)
+{
+    struct tier *t = open_l3(0);
+    struct entry *e = mk(8, "x", 3600);
+    char path[512], junk[3000];
+    FILE *f;
+
+    put(t, e);
+    tier_close(t); /* checkpointed: everything is in cache.db */
+    memset(junk, 0x5a, sizeof junk);
+    snprintf(path, sizeof path, "%s/cache.db", dir);
+    f = fopen(path, "r+b");
+    ck_assert_ptr_nonnull(f);
+    ck_assert_int_eq(fseek(f, 100, SEEK_SET), 0); /* past the header */
+    ck_assert_uint_eq(fwrite(junk, 1, sizeof junk, f), sizeof junk);
+    fclose(f);
+
+    t = open_l3(0);
+    ck_assert_uint_eq(count_glob(""), 1);
+    ck_assert_uint_eq(t->ops->size(t), 0);
+    put(t, e);
+    ck_assert_uint_eq(t->ops->size(t), 1);
+    tier_close(t);
+    entry_unref(e);
+}
+END_TEST
+
+/* Something SQLite cannot open at all is an error, not "corrupt": it is
+ * left alone. */
+START_TEST(test_unopenable_is_error)
+{
+    char path[512];
+    struct tier *t = NULL;
+    int err;
+
+    snprintf(path, sizeof path, "%s/cache.db", dir);
+    ck_assert_int_eq(mkdir(path, 0700), 0);
+    err = l3_sqlite_open(dir, 0, &t);
+    ck_assert_int_lt(err, 0);
+    ck_assert_ptr_null(t);
+    ck_assert_uint_eq(count_glob(""), 0);
+    ck_assert_int_eq(rmdir(path), 0);
+    ck_assert_int_eq(l3_sqlite_open("/nonexistent/dir", 0, &t), -EACCES);
+}
+END_TEST
+
+/* A write failure inside a group commit (the file size limit stands in
+ * for a full disk) fails the waiting writer, rolls back, and the tier
+ * works again once the disk does. */
+START_TEST(test_write_failure_and_recovery)
+{
+    struct tier *t = open_l3(0);
+    struct entry **es = calloc(2000, sizeof *es), *got = NULL;
+    struct rlimit old, small;
+    size_t i;
+    int err;
+
+    for (i = 0; i < 2000; i++)
+        es[i] = mk((unsigned)i, "full", 3600);
+    put(t, es[0]);
+    signal(SIGXFSZ, SIG_IGN);
+    ck_assert_int_eq(getrlimit(RLIMIT_FSIZE, &old), 0);
+    small = old;
+    small.rlim_cur = 256 * 1024;
+    ck_assert_int_eq(setrlimit(RLIMIT_FSIZE, &small), 0);
+    err = t->ops->put_batch(t, es + 1, 1999, NULL);
+    ck_assert_msg(err == -EIO || err == -ENOSPC, "err %d", err);
+    ck_assert_uint_eq(t->ops->size(t), 1);
+    ck_assert_int_eq(t->ops->get(t, es[1]->key, &got), -ENOENT);
+    ck_assert_int_eq(t->ops->get(t, es[0]->key, &got), 0);
+    entry_unref(got);
+
+    ck_assert_int_eq(setrlimit(RLIMIT_FSIZE, &old), 0);
+    ck_assert_int_eq(t->ops->probe(t), 0);
+    ck_assert_int_eq(t->ops->put_batch(t, es + 1, 1999, NULL), 0);
+    ck_assert_uint_eq(t->ops->size(t), 2000);
+    tier_close(t);
+    t = open_l3(0);
+    ck_assert_uint_eq(t->ops->size(t), 2000);
+    tier_close(t);
+    for (i = 0; i < 2000; i++)
+        entry_unref(es[i]);
+    free(es);
 }
 END_TEST
 
@@ -465,7 +563,7 @@ static double run_workers(struct tier *t, unsigned nthreads, unsigned per,
     unsigned i;
 
     for (i = 0; i < nthreads; i++) {
-        w[i] = (struct worker){ t, i * 100000u, per, mode, 0 };
+        w[i] = (struct worker){t, i * 100000u, per, mode, 0};
         ck_assert_int_eq(pthread_create(&th[i], NULL, worker_main, &w[i]), 0);
     }
     for (i = 0; i < nthreads; i++) {
@@ -497,8 +595,8 @@ START_TEST(test_group_commit)
     struct entry *probe, *got = NULL;
     double s = run_workers(t, 8, 2000, 1);
 
-    fprintf(stderr, "l3: 8 threads x 2,000 waited puts: %.2f s (%.0f/s)\n",
-            s, 16000 / s);
+    fprintf(stderr, "l3: 8 threads x 2,000 waited puts: %.2f s (%.0f/s)\n", s,
+            16000 / s);
     ck_assert_uint_eq(t->ops->size(t), 16000);
     tier_close(t);
     /* Every acknowledged write is there after a restart. */
@@ -576,8 +674,8 @@ START_TEST(test_scan_paging)
 {
     struct tier *t = open_l3(0);
     struct entry **es = calloc(1000, sizeof *es);
-    char (*sorted)[ENTRY_KEY_LEN + 1] = calloc(1000, sizeof *sorted);
-    struct keys ks = { calloc(1000, sizeof *ks.k), 0, 1000, 0 };
+    char(*sorted)[ENTRY_KEY_LEN + 1] = calloc(1000, sizeof *sorted);
+    struct keys ks = {calloc(1000, sizeof *ks.k), 0, 1000, 0};
     struct tier_filter f;
     char after[ENTRY_KEY_LEN + 1] = "";
     size_t i, pages = 0;
@@ -607,7 +705,17 @@ START_TEST(test_scan_paging)
     /* Any string works as a cursor, with strcmp semantics. */
     {
         static const char *const cursors[] = {
-            "", "0", "7", "7g", "7~", "8", "a", "ff", "g", "~", "fffz",
+            "",
+            "0",
+            "7",
+            "7g",
+            "7~",
+            "8",
+            "a",
+            "ff",
+            "g",
+            "~",
+            "fffz",
             "7zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz",
         };
         size_t c, expect;
@@ -675,16 +783,16 @@ START_TEST(test_sample)
     struct tier *t = open_l3(0);
     enum { N = 20000 };
     struct entry **es = calloc(N, sizeof *es);
-    struct keys ks = { calloc(N, sizeof *ks.k), 0, N, 0 };
-    struct keys ks2 = { calloc(N, sizeof *ks2.k), 0, N, 0 };
+    struct keys ks = {calloc(N, sizeof *ks.k), 0, N, 0};
+    struct keys ks2 = {calloc(N, sizeof *ks2.k), 0, N, 0};
     struct tier_filter f;
     uint64_t t0;
     size_t i;
 
     for (i = 0; i < N; i++) {
         es[i] = mk((unsigned)i, i % 100 == 0 ? "rare" : "common", 3600);
-        es[i]->health = i % 3 == 0 ? ENTRY_HEALTH_UNHEALTHY
-                                   : ENTRY_HEALTH_HEALTHY;
+        es[i]->health =
+            i % 3 == 0 ? ENTRY_HEALTH_UNHEALTHY : ENTRY_HEALTH_HEALTHY;
     }
     ck_assert_int_eq(t->ops->put_batch(t, es, N, NULL), 0);
     tier_filter_init(&f, T0);
@@ -739,7 +847,7 @@ END_TEST
 START_TEST(test_sample_small_exact)
 {
     struct tier *t = open_l3(0);
-    struct keys ks = { calloc(200, sizeof *ks.k), 0, 200, 0 };
+    struct keys ks = {calloc(200, sizeof *ks.k), 0, 200, 0};
     struct tier_filter f;
     uint64_t seed;
     size_t i;
@@ -813,22 +921,25 @@ static Suite *l3_suite(void)
         const TTest *test;
         int loop;
     } cases[] = {
-        { "put_get_del", test_put_get_del, 1 },
-        { "replace_and_refuse", test_replace_and_refuse, 1 },
-        { "put_batch_10k", test_put_batch_10k, 1 },
-        { "restart_persistence", test_restart_persistence, 1 },
-        { "corrupt_file_moved_aside", test_corrupt_file_moved_aside, 1 },
-        { "newer_schema_refused", test_newer_schema_refused, 1 },
-        { "corrupt_row_get", test_corrupt_row_get,
-          (int)(sizeof damages / sizeof damages[0]) },
-        { "corrupt_rows_scan_sample", test_corrupt_rows_scan_sample, 1 },
-        { "concurrent_mix", test_concurrent_mix, 1 },
-        { "group_commit", test_group_commit, 1 },
-        { "sweep_clear", test_sweep, 1 },
-        { "scan_paging", test_scan_paging, 1 },
-        { "sample", test_sample, 1 },
-        { "sample_small_exact", test_sample_small_exact, 1 },
-        { "capacity", test_capacity, 1 },
+        {"put_get_del", test_put_get_del, 1},
+        {"replace_and_refuse", test_replace_and_refuse, 1},
+        {"put_batch_10k", test_put_batch_10k, 1},
+        {"restart_persistence", test_restart_persistence, 1},
+        {"corrupt_file_moved_aside", test_corrupt_file_moved_aside, 1},
+        {"newer_schema_refused", test_newer_schema_refused, 1},
+        {"corrupt_schema_moved_aside", test_corrupt_schema_moved_aside, 1},
+        {"unopenable_is_error", test_unopenable_is_error, 1},
+        {"write_failure_and_recovery", test_write_failure_and_recovery, 1},
+        {"corrupt_row_get", test_corrupt_row_get,
+         (int)(sizeof damages / sizeof damages[0])},
+        {"corrupt_rows_scan_sample", test_corrupt_rows_scan_sample, 1},
+        {"concurrent_mix", test_concurrent_mix, 1},
+        {"group_commit", test_group_commit, 1},
+        {"sweep_clear", test_sweep, 1},
+        {"scan_paging", test_scan_paging, 1},
+        {"sample", test_sample, 1},
+        {"sample_small_exact", test_sample_small_exact, 1},
+        {"capacity", test_capacity, 1},
     };
     size_t i;
 

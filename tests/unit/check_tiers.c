@@ -25,8 +25,8 @@
 #include "storage/tier.h"
 #include "tests/unit/testutil.h"
 
-#define T0 INT64_C(1790000000000) /* a fixed "now" in ms (2026) */
-#define N_ENTRIES 60              /* below every tier's capacity (100) */
+#define T0        INT64_C(1790000000000) /* a fixed "now" in ms (2026) */
+#define N_ENTRIES 60                     /* below every tier's capacity (100) */
 
 struct tier_kind {
     const char *name;
@@ -50,9 +50,9 @@ static int open_l3(const char *dir, struct tier **out)
 }
 
 static const struct tier_kind kinds[] = {
-    { "l1", open_l1 },
-    { "l2", open_l2 },
-    { "l3", open_l3 },
+    {"l1", open_l1},
+    {"l2", open_l2},
+    {"l3", open_l3},
 };
 #define N_KINDS ((int)(sizeof kinds / sizeof kinds[0]))
 
@@ -97,15 +97,14 @@ static struct tier *open_kind(int i)
  */
 static struct entry *mk(unsigned i)
 {
-    static const char *const schemes[] = { "http", "https", "socks4",
-                                           "socks5" };
-    static const char *const countries[] = { "", "US", "DE" };
+    static const char *const schemes[] = {"http", "https", "socks4", "socks5"};
+    static const char *const countries[] = {"", "US", "DE"};
     char url[80];
     struct entry_url u;
     struct entry *e;
 
-    snprintf(url, sizeof url, "%s://proxy%u.example.net:%u", schemes[i % 4],
-             i, 2000 + i);
+    snprintf(url, sizeof url, "%s://proxy%u.example.net:%u", schemes[i % 4], i,
+             2000 + i);
     ck_assert_int_eq(entry_url_parse(url, -1, &u, NULL), 0);
     e = entry_new();
     ck_assert_ptr_nonnull(e);
@@ -113,8 +112,7 @@ static struct entry *mk(unsigned i)
     e->scheme = u.scheme;
     entry_key_from_normalised(u.normalised, e->key);
     entry_url_fini(&u);
-    ck_assert_int_eq(entry_set_str(&e->source, i % 2 ? "list-a" : "list-b"),
-                     0);
+    ck_assert_int_eq(entry_set_str(&e->source, i % 2 ? "list-a" : "list-b"), 0);
     e->fetch_time = T0 - 1000 * (int64_t)i;
     e->ttl_seconds = i % 7 == 0 ? (int64_t)i / 7 : 3600;
     entry_compute_expiry(e);
@@ -245,15 +243,13 @@ START_TEST(test_del)
     ck_assert_int_eq(tier->ops->get(tier, es[4]->key, &got), 0);
     entry_unref(got);
     /* Never stored at all. */
-    ck_assert_int_eq(
-        tier->ops->get(tier,
-                       "00000000000000000000000000000000"
-                       "00000000000000000000000000000000",
-                       &got),
-        -ENOENT);
-    ck_assert_int_eq(tier->ops->del(tier,
-                                    "ffffffffffffffffffffffffffffffff"
-                                    "ffffffffffffffffffffffffffffffff"),
+    ck_assert_int_eq(tier->ops->get(tier,
+                                    "00000000000000000000000000000000"
+                                    "00000000000000000000000000000000",
+                                    &got),
+                     -ENOENT);
+    ck_assert_int_eq(tier->ops->del(tier, "ffffffffffffffffffffffffffffffff"
+                                          "ffffffffffffffffffffffffffffffff"),
                      -ENOENT);
     ck_assert_uint_eq(tier->ops->size(tier), N_ENTRIES - 1);
 }
@@ -294,7 +290,7 @@ struct seen {
     size_t n;
     size_t stop_at; /* return 55 after this many (0: never) */
     const struct tier_filter *f;
-    bool mismatch;  /* an entry the filter rejects was visited */
+    bool mismatch; /* an entry the filter rejects was visited */
 };
 
 static int seen_cb(void *arg, struct entry *e)
@@ -333,8 +329,8 @@ static size_t make_filters(struct tier_filter *fs)
 {
     size_t n = 0;
 
-    tier_filter_init(&fs[n++], T0);                      /* unexpired */
-    tier_filter_init(&fs[n++], 0);                       /* everything */
+    tier_filter_init(&fs[n++], T0); /* unexpired */
+    tier_filter_init(&fs[n++], 0);  /* everything */
     tier_filter_init(&fs[n], T0);
     fs[n++].health = ENTRY_HEALTH_HEALTHY;
     tier_filter_init(&fs[n], T0);
@@ -465,8 +461,7 @@ START_TEST(test_sample)
                 memset(&s, 0, sizeof s);
                 s.f = &fs[k];
                 ck_assert_int_eq(
-                    tier->ops->sample(tier, &fs[k], max, seed, seen_cb, &s),
-                    0);
+                    tier->ops->sample(tier, &fs[k], max, seed, seen_cb, &s), 0);
                 /* A small tier is covered: min(max, matches) exactly. */
                 ck_assert_msg(s.n == (n < max ? n : max),
                               "%s filter %zu max %zu: %zu of %zu",
@@ -503,9 +498,8 @@ START_TEST(test_sweep)
     }
     ck_assert_uint_ge(n_expired, 3);
     /* Nothing expired before the earliest expiry. */
-    ck_assert_int_eq(tier->ops->sweep(tier, T0 - 1000 * N_ENTRIES, 1000,
-                                      &removed),
-                     0);
+    ck_assert_int_eq(
+        tier->ops->sweep(tier, T0 - 1000 * N_ENTRIES, 1000, &removed), 0);
     ck_assert_uint_eq(removed, 0);
     /* Bounded by max. */
     ck_assert_int_eq(tier->ops->sweep(tier, now, 2, &removed), 0);
@@ -550,14 +544,14 @@ static Suite *tiers_suite(void)
         const char *name;
         const TTest *test;
     } cases[] = {
-        { "roundtrip_every_field", test_roundtrip },
-        { "replace", test_replace },
-        { "del", test_del },
-        { "batch_size_clear", test_batch_and_size },
-        { "scan_filters", test_scan_filters },
-        { "scan_paging", test_scan_paging },
-        { "sample", test_sample },
-        { "sweep", test_sweep },
+        {"roundtrip_every_field", test_roundtrip},
+        {"replace", test_replace},
+        {"del", test_del},
+        {"batch_size_clear", test_batch_and_size},
+        {"scan_filters", test_scan_filters},
+        {"scan_paging", test_scan_paging},
+        {"sample", test_sample},
+        {"sweep", test_sweep},
     };
     size_t i;
 
