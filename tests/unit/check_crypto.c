@@ -7,8 +7,8 @@
  * comparison, and an allocation/OpenSSL failure loop through the
  * crypto_int.h fault hook. The aim is every line of crypto.c.
  *
- * Fixture location: $PROXYCACHE_FERNET_DIR, else
- * <srcdir>/../shared/data/fernet.
+ * Fixture location: $PROXYCACHE_FERNET_DIR, else the copy of the public
+ * spec's vectors in <srcdir>/tests/unit/data/fernet.
  */
 #include "config.h"
 
@@ -93,7 +93,7 @@ static json_t *load_vectors(const char *name)
     if (dir)
         snprintf(path, sizeof path, "%s/%s", dir, name);
     else
-        snprintf(path, sizeof path, "%s/../shared/data/fernet/%s",
+        snprintf(path, sizeof path, "%s/tests/unit/data/fernet/%s",
                  testutil_srcdir(), name);
     j = json_load_file(path, 0, &jerr);
     ck_assert_msg(j != NULL, "cannot load %s: %s", path, jerr.text);
