@@ -33,7 +33,7 @@ unit_tests() { # BUILD_DIR
 
 pytest_http() { # BIN [pytest args]
     local bin=$1; shift
-    PROXYCACHE_BIN=$bin python3 -m pytest -q -p no:cacheprovider tests/http "$@"
+    PROXYCACHE_BIN=$bin /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/http "$@"
 }
 
 openapi_lint() {
@@ -71,7 +71,7 @@ fi
 # 5. Operations.
 if [ -d tests/ops ]; then
     step "operations: promtool and Prometheus scrape" env PROXYCACHE_BIN="$top/build-release/proxycached" \
-        python3 -m pytest -q -p no:cacheprovider tests/ops
+        /usr/bin/python3 -m pytest -q -p no:cacheprovider tests/ops
 fi
 if [ -x scripts/docker-recipe.sh ]; then
     step "docker recipe on the host" scripts/docker-recipe.sh
