@@ -36,6 +36,7 @@ import requests
 import requests.adapters
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 
 from openapi_validator import OpenApiValidator  # noqa: E402
 

@@ -306,7 +306,6 @@ def test_disk_full_degrades_and_recovers(server_factory, tmp_path):
             filler = mnt / "filler"
             assert _fill(filler) > 0
             summary = _drive_failing(s, c, acked, "l3", "full")
-            print("SUMMARY", summary, c.stats()["tiers"]["l3"])
             assert summary["lacking"] > 0, (
                 f"no write acknowledged without l3 on a full disk: "
                 f"{summary}; stats {c.stats()['tiers']['l3']}")
@@ -319,7 +318,8 @@ def test_disk_full_degrades_and_recovers(server_factory, tmp_path):
             filler.unlink()
             _wait_recovered(s, c, TIERS[1:])
             _check_all_readable(c, acked, "after recovery")
-            lost = [k for k in acked if k not in _l3_keys(c)]
+            in_l3 = _l3_keys(c)
+            lost = [k for k in acked if k not in in_l3]
             assert not lost, (f"{len(lost)} acknowledged writes not in L3 "
                               f"after recovery, e.g. {lost[:3]}")
             _check_durable(s, acked)

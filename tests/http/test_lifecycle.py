@@ -381,3 +381,17 @@ def test_sigterm_while_busy_exits_0_and_keeps_acknowledged(server_factory):
     c = s.client()
     missing = [k for k in acked if c.get(f"/v1/proxies/{k}").status_code != 200]
     assert not missing, f"{len(missing)} acknowledged writes lost"
+
+
+def test_listen_ipv6_loopback(server_factory):
+    import socket
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    s = server_factory(listen="[::1]:0")
+    assert s.host == "[::1]"
+    c = s.client()
+    assert c.get("/healthz").status_code == 200
+    assert c.upsert({"proxy_url": unique_url()}).status_code == 201
