@@ -574,19 +574,28 @@ static int col_int(sqlite3_stmt *st, enum col c, bool nullable, int64_t dflt,
 static int decode_strings(sqlite3_stmt *st, struct entry *e,
                           struct decode_err *de)
 {
-    const char *url, *user, *pass, *source;
+    const struct {
+        enum col c;
+        bool nullable;
+        char **field;
+    } cols[] = {
+        {C_URL, false, &e->proxy_url},
+        {C_USER, true, &e->username_tok},
+        {C_PASS, true, &e->password_tok},
+        {C_SOURCE, false, &e->source},
+    };
+    const char *s;
+    size_t i;
     int err;
 
-    if ((err = col_text(st, C_URL, false, &url, de)) ||
-        (err = col_text(st, C_USER, true, &user, de)) ||
-        (err = col_text(st, C_PASS, true, &pass, de)) ||
-        (err = col_text(st, C_SOURCE, false, &source, de)))
-        return err;
-    if ((err = entry_set_str(&e->proxy_url, url)) ||
-        (err = entry_set_str(&e->username_tok, user)) ||
-        (err = entry_set_str(&e->password_tok, pass)) ||
-        (err = entry_set_str(&e->source, source)))
-        return err;
+    for (i = 0; i < SVC_ARRAY_LEN(cols); i++) {
+        err = col_text(st, cols[i].c, cols[i].nullable, &s, de);
+        if (err)
+            return err;
+        err = entry_set_str(cols[i].field, s);
+        if (err)
+            return err;
+    }
     return 0;
 }
 
@@ -596,10 +605,11 @@ static int decode_enums(sqlite3_stmt *st, struct entry *e,
     const char *proto, *health, *country, *anon;
     int err;
 
-    if ((err = col_text(st, C_PROTOCOL, false, &proto, de)) ||
-        (err = col_text(st, C_HEALTH, false, &health, de)) ||
-        (err = col_text(st, C_COUNTRY, true, &country, de)) ||
-        (err = col_text(st, C_ANON, true, &anon, de)))
+    err = col_text(st, C_PROTOCOL, false, &proto, de);
+    err = err ? err : col_text(st, C_HEALTH, false, &health, de);
+    err = err ? err : col_text(st, C_COUNTRY, true, &country, de);
+    err = err ? err : col_text(st, C_ANON, true, &anon, de);
+    if (err)
         return err;
     if (entry_scheme_parse(proto, &e->scheme) < 0 ||
         strcmp(entry_scheme_name(e->scheme), proto) != 0)
@@ -619,17 +629,30 @@ static int decode_enums(sqlite3_stmt *st, struct entry *e,
 
 static int decode_ints(sqlite3_stmt *st, struct entry *e, struct decode_err *de)
 {
-    int64_t failures, last, count;
+    int64_t failures = 0, last = 0, count = 0;
+    const struct {
+        enum col c;
+        bool nullable;
+        int64_t dflt;
+        int64_t *out;
+    } cols[] = {
+        {C_FETCH, false, 0, &e->fetch_time},
+        {C_TTL, false, 0, &e->ttl_seconds},
+        {C_EXPIRES, false, 0, &e->expires_at},
+        {C_FAILURES, false, 0, &failures},
+        {C_LATENCY, true, -1, &e->latency_ms},
+        {C_LAST_ACCESSED, true, 0, &last},
+        {C_ACCESS_COUNT, false, 0, &count},
+    };
+    size_t i;
     int err;
 
-    if ((err = col_int(st, C_FETCH, false, 0, &e->fetch_time, de)) ||
-        (err = col_int(st, C_TTL, false, 0, &e->ttl_seconds, de)) ||
-        (err = col_int(st, C_EXPIRES, false, 0, &e->expires_at, de)) ||
-        (err = col_int(st, C_FAILURES, false, 0, &failures, de)) ||
-        (err = col_int(st, C_LATENCY, true, -1, &e->latency_ms, de)) ||
-        (err = col_int(st, C_LAST_ACCESSED, true, 0, &last, de)) ||
-        (err = col_int(st, C_ACCESS_COUNT, false, 0, &count, de)))
-        return err;
+    for (i = 0; i < SVC_ARRAY_LEN(cols); i++) {
+        err = col_int(st, cols[i].c, cols[i].nullable, cols[i].dflt,
+                      cols[i].out, de);
+        if (err)
+            return err;
+    }
     if (failures < 0 || failures > (int64_t)UINT32_MAX)
         return decode_fail(de, C_FAILURES, "out of range");
     if (e->latency_ms < 0 && sqlite3_column_type(st, C_LATENCY) != SQLITE_NULL)
@@ -663,8 +686,10 @@ static int decode_row(sqlite3_stmt *st, struct entry **out,
     if (!e)
         return -ENOMEM;
     blob_to_hex(sqlite3_column_blob(st, C_KEY), KEY_BYTES, e->key);
-    if ((err = decode_strings(st, e, de)) || (err = decode_enums(st, e, de)) ||
-        (err = decode_ints(st, e, de)))
+    err = decode_strings(st, e, de);
+    err = err ? err : decode_enums(st, e, de);
+    err = err ? err : decode_ints(st, e, de);
+    if (err)
         goto out;
     if (entry_validate(e, &why) < 0) {
         de->reason = why ? why : "invalid entry";
@@ -1409,10 +1434,13 @@ static int collect(struct reader *r, sqlite3_stmt *st,
     int rc, err = 0;
 
     b->fetched = 0;
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+    for (;;) {
         struct decode_err de;
         struct entry *e = NULL;
 
+        rc = sqlite3_step(st);
+        if (rc != SQLITE_ROW)
+            break;
         b->fetched++;
         if (sqlite3_column_type(st, C_KEY) == SQLITE_BLOB) {
             const void *kb = sqlite3_column_blob(st, C_KEY);
@@ -1584,7 +1612,8 @@ static int l3_put(struct tier *t, struct entry *e, unsigned flags,
     struct op op, *hop;
     int err;
 
-    if ((err = check_entry(e)))
+    err = check_entry(e);
+    if (err)
         return err;
     if (flags & TIER_PUT_NOWAIT) {
         hop = calloc(1, sizeof *hop);
@@ -1625,7 +1654,8 @@ static int l3_put_batch(struct tier *t, struct entry *const *es, size_t n,
         return 0;
     }
     for (i = 0; i < n; i++) {
-        if ((err = check_entry(es[i])))
+        err = check_entry(es[i]);
+        if (err)
             return err;
     }
     memset(&op, 0, sizeof op);
@@ -2329,7 +2359,8 @@ int l3_sqlite_open(const char *data_dir, size_t capacity, struct tier **out)
         free(l);
         return -ENAMETOOLONG;
     }
-    if ((err = init_sync(l))) {
+    err = init_sync(l);
+    if (err) {
         free(l);
         return err;
     }
@@ -2337,11 +2368,13 @@ int l3_sqlite_open(const char *data_dir, size_t capacity, struct tier **out)
     if (rc != SQLITE_OK && is_notadb(rc)) {
         char base[PATH_CAP + 48];
 
-        if ((err = aside_name(l->path, base, sizeof base)))
+        err = aside_name(l->path, base, sizeof base);
+        if (err)
             goto fail;
         keep_wal(l->path, base);
         writer_fini(l);
-        if ((err = move_aside(l->path, base)))
+        err = move_aside(l->path, base);
+        if (err)
             goto fail;
         rc = open_writer(l);
     }
@@ -2371,12 +2404,14 @@ int l3_sqlite_open(const char *data_dir, size_t capacity, struct tier **out)
                   sqlite3_errstr(rc));
         goto fail;
     }
-    if ((err = -pthread_create(&l->ckpt, NULL, ckpt_main, l))) {
+    err = -pthread_create(&l->ckpt, NULL, ckpt_main, l);
+    if (err) {
         log_error_errno(-err, "cannot start the L3 checkpoint thread");
         goto fail;
     }
     l->ckpt_started = true;
-    if ((err = -pthread_create(&l->writer, NULL, writer_main, l))) {
+    err = -pthread_create(&l->writer, NULL, writer_main, l);
+    if (err) {
         log_error_errno(-err, "cannot start the L3 writer thread");
         goto fail;
     }
