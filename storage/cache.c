@@ -23,7 +23,8 @@
  *    to L3). promotions: entries copied up INTO a tier by a lower-tier hit.
  *    An L1 victim of a batch write whose key is in that batch is counted as
  *    an lru eviction of L1 but not demoted (the write-through puts it in L2
- *    anyway).
+ *    anyway); so is every L1 victim of a batch at least as large as L2
+ *    (which would push it straight out of L2 again).
  *  - evictions{ttl}: counted by the tier that removed the expired copy
  *    (lazy expiry or sweep). A write with ttl 0 (or already expired) counts
  *    one ttl eviction in L1 plus one in each lower tier that dropped an old
@@ -54,9 +55,26 @@
  * queued before it. Reads and lists consult the map between L2 and L3 (it
  * is the newest state L3 should have). Writers do not write L3 directly
  * while the map is not empty: the first one that gets the replay flag
- * drains the map into L3 (batches, in order: clear, puts, deletes), the
- * others queue behind it, so a replayed old value can never overwrite a
- * newer direct write. cache_maintain drains it too.
+ * drains the map into L3 (the queued clear first, then each key's last
+ * operation, puts in batches), the others queue behind it, so a replayed old
+ * value can never overwrite a newer direct write. cache_maintain drains it too.
+ *
+ * Writes (upsert): each distinct key of the batch is looked up (no access
+ * counted) and merged as if the items were written one after the other;
+ * the final versions go to L1 (victims demoted to L2 unless they are in
+ * the batch), then to L3 in one put_batch (durable), then through to L2.
+ * A batch larger than L2 writes only its last l2_capacity entries to L2
+ * (the rest would be evicted at once) and deletes older L2 copies of the
+ * others. A version that is already expired (ttl 0) is not stored: every
+ * old copy is removed. Health reports update the tiers that hold the entry
+ * and L3 durably, but do not pull it into L1 (a report is not an access);
+ * at the threshold the entry is removed everywhere. Delete and health
+ * treat an expired entry as absent (-ENOENT).
+ *
+ * Lists merge the key-ordered scans of the requested tiers (plus the
+ * pending map), keeping the upper tier's copy of a key. Pick samples L1
+ * (hot) and L3 (everything; L2 while L3 is down), dedupes, and draws
+ * without replacement with probability proportional to the weight.
  *
  * L2 consistency. L2 is a cache of L3. When an L2 write fails the key is
  * deleted from L2 (best effort) so a stale copy is not served; a degraded L2
@@ -84,7 +102,6 @@
 #include "config.h"
 
 #include <errno.h>
-#include <limits.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
@@ -106,14 +123,14 @@
 #define LOG_MODULE "cache"
 #include "common/log.h"
 
-#define DEGRADE_AFTER 3u           /* consecutive failures (SPEC §3) */
-#define PENDING_MAX 1000000u       /* queued L3 operations */
-#define REPLAY_BATCH 1024u         /* entries per replayed L3 transaction */
-#define NFENCE 1024u               /* fence words (power of two) */
-#define FENCE_ACTIVE 0xffffffffULL /* low half: active writers */
-#define FENCE_END ((1ULL << 32) - 1) /* completed + 1, active - 1 */
-#define DEL_WAIT_SPINS 50000       /* ~5 s of 100 µs naps */
-#define PC_STRIPES 8u
+#define DEGRADE_AFTER   3u            /* consecutive failures (SPEC §3) */
+#define PENDING_MAX     1000000u      /* queued L3 operations */
+#define REPLAY_BATCH    1024u         /* entries per replayed L3 transaction */
+#define NFENCE          1024u         /* fence words (power of two) */
+#define FENCE_ACTIVE    0xffffffffULL /* low half: active writers */
+#define FENCE_END       ((1ULL << 32) - 1) /* completed + 1, active - 1 */
+#define DEL_WAIT_SPINS  50000              /* ~5 s of 100 µs naps */
+#define PC_STRIPES      8u
 #define PICK_SAMPLE_MIN 64u
 #define PICK_SAMPLE_MAX 1024u
 #define WRITEBACK_BATCH 1024u
@@ -137,10 +154,10 @@ static _Thread_local unsigned pc_slot; /* stripe + 1; 0 = not yet chosen */
 static unsigned thread_slot(void)
 {
     if (pc_slot == 0)
-        pc_slot = atomic_fetch_add_explicit(&pc_next_slot, 1,
-                                            memory_order_relaxed) %
-                      PC_STRIPES +
-                  1;
+        pc_slot =
+            atomic_fetch_add_explicit(&pc_next_slot, 1, memory_order_relaxed) %
+                PC_STRIPES +
+            1;
     return pc_slot - 1;
 }
 
@@ -897,10 +914,9 @@ static void bump_access(struct entry *e, int64_t now)
 
     atomic_fetch_add_explicit(&e->access_count, 1, memory_order_relaxed);
     prev = atomic_load_explicit(&e->last_accessed, memory_order_relaxed);
-    while (prev < now &&
-           !atomic_compare_exchange_weak_explicit(&e->last_accessed, &prev,
-                                                  now, memory_order_relaxed,
-                                                  memory_order_relaxed))
+    while (prev < now && !atomic_compare_exchange_weak_explicit(
+                             &e->last_accessed, &prev, now,
+                             memory_order_relaxed, memory_order_relaxed))
         ;
 }
 
@@ -957,8 +973,12 @@ static int walk(struct cache *c, const char *key, int64_t now, bool count,
         struct entry *e = NULL;
         int err;
 
-        if (t == CACHE_L2)
+        if (t == CACHE_L2) {
+            /* Off the L1 hit path: never hand a malformed key below. */
+            if (!key_ok(key))
+                return -ENOENT;
             *v0 = fence_load(c, key);
+        }
         if (t == CACHE_L3) {
             enum pstate st = pending_lookup(c, key, &e);
             if (st != PEND_NONE) {
@@ -1177,9 +1197,8 @@ static bool umap_has(const struct umap *m, const struct uslot *slots,
 }
 
 /* Merge one item into its slot. */
-static void upsert_item(struct cache *c, struct uslot *s,
-                        struct cache_item *it, unsigned flags, int64_t now,
-                        bool first)
+static void upsert_item(struct cache *c, struct uslot *s, struct cache_item *it,
+                        unsigned flags, int64_t now, bool first)
 {
     const struct entry *base;
     struct entry *m;
@@ -1927,8 +1946,8 @@ int cache_pick(struct cache *c, const struct tier_filter *f, size_t count,
             continue;
         if (t == CACHE_L2 && usable(c, CACHE_L3))
             continue;
-        err = tr->ops->sample(tr, &pf, per, rng_next(&rng), collect_cb,
-                              &got[t]);
+        err =
+            tr->ops->sample(tr, &pf, per, rng_next(&rng), collect_cb, &got[t]);
         if (got[t].err)
             err = got[t].err;
         if (t != CACHE_L1)
@@ -2083,16 +2102,16 @@ void cache_stats_snapshot(struct cache *c, struct cache_stats *out)
         o->misses = pc_sum(&ts->misses);
         o->size = ts->t ? ts->t->ops->size(ts->t) : 0;
         for (int r = 0; r < CACHE_NREASONS; r++)
-            o->evictions[r] = atomic_load_explicit(&ts->evictions[r],
-                                                   memory_order_relaxed);
-        o->promotions = atomic_load_explicit(&ts->promotions,
-                                             memory_order_relaxed);
-        o->demotions = atomic_load_explicit(&ts->demotions,
-                                            memory_order_relaxed);
+            o->evictions[r] =
+                atomic_load_explicit(&ts->evictions[r], memory_order_relaxed);
+        o->promotions =
+            atomic_load_explicit(&ts->promotions, memory_order_relaxed);
+        o->demotions =
+            atomic_load_explicit(&ts->demotions, memory_order_relaxed);
         o->degraded = atomic_load(&ts->degraded);
         o->consecutive_failures = atomic_load(&ts->consecutive);
-        o->failures_total = atomic_load_explicit(&ts->failures_total,
-                                                 memory_order_relaxed);
+        o->failures_total =
+            atomic_load_explicit(&ts->failures_total, memory_order_relaxed);
         hits += o->hits;
     }
     out->hits = hits;
@@ -2220,9 +2239,9 @@ static bool same_version(const struct entry *a, const struct entry *b)
            STREQ(a->username_tok, b->username_tok) &&
            STREQ(a->password_tok, b->password_tok) &&
            STREQ(a->source, b->source) && a->scheme == b->scheme &&
-           a->fetch_time == b->fetch_time &&
-           a->ttl_seconds == b->ttl_seconds && a->expires_at == b->expires_at &&
-           a->health == b->health && a->failure_count == b->failure_count &&
+           a->fetch_time == b->fetch_time && a->ttl_seconds == b->ttl_seconds &&
+           a->expires_at == b->expires_at && a->health == b->health &&
+           a->failure_count == b->failure_count &&
            strcmp(a->country, b->country) == 0 &&
            a->anonymity == b->anonymity && a->latency_ms == b->latency_ms;
 #undef STREQ
@@ -2259,15 +2278,14 @@ static void writeback_l1(struct cache *c)
             if (l3->ops->put_batch(l3, batch, nb, &nv) == 0) {
                 written += nb;
                 if (usable(c, CACHE_L2))
-                    (void)c->ts[CACHE_L2].t->ops->put_batch(
-                        c->ts[CACHE_L2].t, batch, nb, NULL);
+                    (void)c->ts[CACHE_L2].t->ops->put_batch(c->ts[CACHE_L2].t,
+                                                            batch, nb, NULL);
             }
             nb = 0;
         }
     }
     if (written)
-        log_debug("wrote access statistics of %zu entries back to L3",
-                  written);
+        log_debug("wrote access statistics of %zu entries back to L3", written);
     evec_free(&hot);
 }
 

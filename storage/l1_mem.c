@@ -65,15 +65,15 @@
 #define LOG_MODULE "l1"
 #include "common/log.h"
 
-#define MAX_SHARDS 16u
-#define MIN_PER_SHARD 64u
+#define MAX_SHARDS      16u
+#define MIN_PER_SHARD   64u
 #define INITIAL_BUCKETS 256u
-#define MAX_BUCKETS ((size_t)1 << 30)
-#define SWEEP_CHUNK 256u
+#define MAX_BUCKETS     ((size_t)1 << 30)
+#define SWEEP_CHUNK     256u
 /* A bounded sample visits at most max(SAMPLE_MIN_VISIT, SAMPLE_FACTOR *
  * max) nodes. */
 #define SAMPLE_MIN_VISIT 4096u
-#define SAMPLE_FACTOR 16u
+#define SAMPLE_FACTOR    16u
 
 struct node {
     struct node *hnext;       /* hash chain */
@@ -576,8 +576,8 @@ static int l1_sample(struct tier *t, const struct tier_filter *f, size_t max,
         lock(sh);
         for (size_t i = 0; i < sh->nbuckets && n < cap && visited < budget;
              i++) {
-            size_t b = (size_t)((start + (uint64_t)i * stride) &
-                                (sh->nbuckets - 1));
+            size_t b =
+                (size_t)((start + (uint64_t)i * stride) & (sh->nbuckets - 1));
             for (struct node *nd = sh->buckets[b]; nd && n < cap;
                  nd = nd->hnext) {
                 visited++;
@@ -630,8 +630,8 @@ static size_t sweep_shard(struct shard *sh, int64_t now_ms, size_t room)
         struct node *dead = NULL;
         size_t nb = table - seen < SWEEP_CHUNK ? table - seen : SWEEP_CHUNK;
         lock(sh);
-        total += sweep_chunk(sh, sh->sweep_cursor, nb, now_ms, room - total,
-                             &dead);
+        total +=
+            sweep_chunk(sh, sh->sweep_cursor, nb, now_ms, room - total, &dead);
         sh->sweep_cursor += nb;
         unlock(sh);
         free_list(dead);
@@ -640,8 +640,7 @@ static size_t sweep_shard(struct shard *sh, int64_t now_ms, size_t room)
     return total;
 }
 
-static int l1_sweep(struct tier *t, int64_t now_ms, size_t max,
-                    size_t *removed)
+static int l1_sweep(struct tier *t, int64_t now_ms, size_t max, size_t *removed)
 {
     struct l1 *l = to_l1(t);
     size_t total = 0;
@@ -757,8 +756,8 @@ static int shard_init(struct shard *sh, size_t cap)
 
     sh->cap = cap;
     sh->max_buckets = next_pow2(cap);
-    sh->nbuckets = sh->max_buckets < INITIAL_BUCKETS ? sh->max_buckets
-                                                     : INITIAL_BUCKETS;
+    sh->nbuckets =
+        sh->max_buckets < INITIAL_BUCKETS ? sh->max_buckets : INITIAL_BUCKETS;
     sh->head.next = sh->head.prev = &sh->head;
     sh->buckets = calloc(sh->nbuckets, sizeof(*sh->buckets));
     if (!sh->buckets)

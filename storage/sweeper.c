@@ -32,7 +32,7 @@
 #include "common/log.h"
 
 #define SWEEP_BATCH 1000u
-#define ROUND_MAX 100000u
+#define ROUND_MAX   100000u
 
 struct sweeper {
     struct cache *c;

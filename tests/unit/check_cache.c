@@ -19,6 +19,7 @@
 #include "config.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -40,9 +41,9 @@
 #include "tests/unit/fake_tier.h"
 #include "tests/unit/testutil.h"
 
-#define T0 1764064800000LL /* 2025-11-25T10:00:00Z */
+#define T0       1764064800000LL /* 2025-11-25T10:00:00Z */
 #define ALL_MASK CACHE_ALL_TIERS
-#define M(t) CACHE_TIER_MASK(t)
+#define M(t)     CACHE_TIER_MASK(t)
 
 static void setup(void)
 {
@@ -68,8 +69,7 @@ static struct entry *mk(int i, const char *source, int64_t fetch, int64_t ttl)
              (i >> 8) & 255, i & 255);
     ck_assert_int_eq(entry_set_str(&e->proxy_url, url), 0);
     entry_key_from_normalised(url, e->key);
-    ck_assert_int_eq(entry_set_str(&e->source, source ? source : "unknown"),
-                     0);
+    ck_assert_int_eq(entry_set_str(&e->source, source ? source : "unknown"), 0);
     e->scheme = ENTRY_SCHEME_HTTP;
     e->fetch_time = fetch;
     e->ttl_seconds = ttl;
@@ -112,11 +112,10 @@ static void fx_open_cfg(struct fixture *fx, size_t l1cap, size_t l2cap,
         fx->l2 = fake_tier_new("l2", l2cap);
     if (with_l3)
         fx->l3 = fake_tier_new("l3", 0);
-    ck_assert_int_eq(cache_new_with_tiers(cfg, fx->l1,
-                                          fx->l2 ? &fx->l2->base : NULL,
-                                          fx->l3 ? &fx->l3->base : NULL,
-                                          &fx->c),
-                     0);
+    ck_assert_int_eq(
+        cache_new_with_tiers(cfg, fx->l1, fx->l2 ? &fx->l2->base : NULL,
+                             fx->l3 ? &fx->l3->base : NULL, &fx->c),
+        0);
 }
 
 static void fx_open(struct fixture *fx, size_t l1cap, size_t l2cap,
@@ -299,9 +298,8 @@ static void check_tiers(struct fixture *fx, const struct model *m,
     for (int t = 0; t < 3; t++) {
         struct collect *k = calloc(1, sizeof(*k));
         /* Read the fakes without faults or LRU effects: scan is both. */
-        ck_assert_int_eq(tiers[t]->ops->scan(tiers[t], &all, "", SIZE_MAX,
-                                             collect, k),
-                         0);
+        ck_assert_int_eq(
+            tiers[t]->ops->scan(tiers[t], &all, "", SIZE_MAX, collect, k), 0);
         for (size_t j = 0; j < k->n; j++) {
             struct entry *e = k->v[j];
             int i = key_index(e->key, keys);
@@ -311,9 +309,12 @@ static void check_tiers(struct fixture *fx, const struct model *m,
             if (entry_expired(e, now))
                 continue;
             ck_assert_msg(m_visible(m, i, now),
-                          "step %u: tier %d holds key %d the model lacks",
-                          step, t, i);
-            assert_matches(e, &m->e[i], t == 0 ? "l1" : t == 1 ? "l2" : "l3",
+                          "step %u: tier %d holds key %d the model lacks", step,
+                          t, i);
+            assert_matches(e, &m->e[i],
+                           t == 0   ? "l1"
+                           : t == 1 ? "l2"
+                                    : "l3",
                            step);
         }
         collect_free(k);
@@ -349,8 +350,8 @@ static void model_run(uint64_t seed, unsigned steps)
              * duplicates possible */
             struct cache_item items[12];
             enum cache_outcome want[12];
-            unsigned n = rn(10) ? 1 + rn(4) : 9 + rn(4), flags = rn(5) == 0 ?
-                                                CACHE_UPSERT_NEWER_ONLY : 0;
+            unsigned n = rn(10) ? 1 + rn(4) : 9 + rn(4),
+                     flags = rn(5) == 0 ? CACHE_UPSERT_NEWER_ONLY : 0;
             unsigned mask = 0;
             for (unsigned j = 0; j < n; j++) {
                 int i = (int)rn(MK);
@@ -468,15 +469,12 @@ static void model_run(uint64_t seed, unsigned steps)
             (void)cache_sweep(fx.c, now, 1000);
             /* Nothing expired is left in any tier. */
             tier_filter_init(&all, INT64_MIN);
-            ck_assert_int_eq(fx.l1->ops->scan(fx.l1, &all, "", SIZE_MAX,
-                                              collect, k),
-                             0);
-            ck_assert_int_eq(fake_scan(&fx.l2->base, &all, "", SIZE_MAX,
-                                       collect, k),
-                             0);
-            ck_assert_int_eq(fake_scan(&fx.l3->base, &all, "", SIZE_MAX,
-                                       collect, k),
-                             0);
+            ck_assert_int_eq(
+                fx.l1->ops->scan(fx.l1, &all, "", SIZE_MAX, collect, k), 0);
+            ck_assert_int_eq(
+                fake_scan(&fx.l2->base, &all, "", SIZE_MAX, collect, k), 0);
+            ck_assert_int_eq(
+                fake_scan(&fx.l3->base, &all, "", SIZE_MAX, collect, k), 0);
             for (size_t j = 0; j < k->n; j++)
                 ck_assert(!entry_expired(k->v[j], now));
             collect_free(k);
@@ -502,8 +500,7 @@ static void model_run(uint64_t seed, unsigned steps)
             for (size_t j = 0; j < k->n; j++) {
                 int i = key_index(k->v[j]->key, keys);
                 if (j)
-                    ck_assert_int_gt(strcmp(k->v[j]->key, k->v[j - 1]->key),
-                                     0);
+                    ck_assert_int_gt(strcmp(k->v[j]->key, k->v[j - 1]->key), 0);
                 ck_assert(m_visible(&m, i, now));
                 assert_matches(k->v[j], &m.e[i], "list", step);
             }
@@ -554,8 +551,8 @@ START_TEST(test_note_tier_result)
     cache_note_tier_result(fx.c, CACHE_L3, -EIO);
     cache_note_tier_result(fx.c, CACHE_L3, -ENOENT); /* answered: resets */
     cache_note_tier_result(fx.c, CACHE_L3, -EBUSY);
-    cache_note_tier_result(fx.c, CACHE_L3, -ENOMEM); /* neutral */
-    cache_note_tier_result(fx.c, CACHE_L3, -EINVAL); /* neutral */
+    cache_note_tier_result(fx.c, CACHE_L3, -ENOMEM);  /* neutral */
+    cache_note_tier_result(fx.c, CACHE_L3, -EINVAL);  /* neutral */
     cache_note_tier_result(fx.c, CACHE_L3, -EBADMSG); /* resets */
     s = stats(fx.c);
     ck_assert(!s.tier[CACHE_L3].degraded);
@@ -751,8 +748,7 @@ static void assert_counts(struct cache *c, enum cache_tier t, uint64_t lru,
                   cache_tier_name(t), (unsigned long long)s.tier[t].demotions,
                   (unsigned long long)dem);
     ck_assert_msg(s.tier[t].promotions == pro, "%s promotions %llu want %llu",
-                  cache_tier_name(t),
-                  (unsigned long long)s.tier[t].promotions,
+                  cache_tier_name(t), (unsigned long long)s.tier[t].promotions,
                   (unsigned long long)pro);
 }
 
@@ -1142,9 +1138,8 @@ START_TEST(test_corrupt_tier_record)
     key_of(0, key);
     fake_set_corrupt(fx.l2, key);
     ck_assert_int_eq(get_tier(fx.c, 0, NULL), CACHE_L3);
-    ck_assert_uint_eq(stats(fx.c).tier[CACHE_L2].evictions
-                          [CACHE_EVICT_CORRUPTION],
-                      1);
+    ck_assert_uint_eq(
+        stats(fx.c).tier[CACHE_L2].evictions[CACHE_EVICT_CORRUPTION], 1);
     ck_assert_uint_eq(stats(fx.c).tier[CACHE_L2].failures_total, 0);
     fx_close(&fx);
 }
@@ -1196,9 +1191,8 @@ START_TEST(test_corrupt_token)
     }
     log_set_fd(2);
     log_set_level(LOG_LEVEL_ERROR);
-    ck_assert_uint_eq(stats(fx.c).tier[CACHE_L3].evictions
-                          [CACHE_EVICT_CORRUPTION],
-                      2);
+    ck_assert_uint_eq(
+        stats(fx.c).tier[CACHE_L3].evictions[CACHE_EVICT_CORRUPTION], 2);
     len = pread(fd, buf, sizeof buf - 1, 0);
     ck_assert_int_ge(len, 0);
     buf[len] = '\0';
@@ -1312,10 +1306,8 @@ START_TEST(test_batch_semantics)
     fx_open(&fx, 4, 8, true);
     up(fx.c, mk(1, "pre", T0, 3600), CACHE_F_ALL, 0, NULL);
     items[0] = (struct cache_item){mk(0, "a", T0, 3600), CACHE_F_ALL, -1, 0};
-    items[1] = (struct cache_item){mk(1, "b", T0, 3600), CACHE_F_SOURCE, -1,
-                                   0};
-    items[2] = (struct cache_item){mk(0, "c", T0, 3600), CACHE_F_SOURCE, -1,
-                                   0};
+    items[1] = (struct cache_item){mk(1, "b", T0, 3600), CACHE_F_SOURCE, -1, 0};
+    items[2] = (struct cache_item){mk(0, "c", T0, 3600), CACHE_F_SOURCE, -1, 0};
     items[3] = (struct cache_item){mk(2, "d", T0, 0), CACHE_F_ALL, -1, 0};
     ck_assert_int_eq(cache_upsert(fx.c, items, 4, 0, NULL), 0);
     ck_assert_int_eq(items[0].outcome, CACHE_CREATED);
@@ -1382,9 +1374,8 @@ START_TEST(test_list)
     tier_filter_init(&f, clock_now_ms());
     for (;;) {
         size_t before = k->n;
-        ck_assert_int_eq(cache_list(fx.c, &f, ALL_MASK, after, 5, klist_cb,
-                                    k, &more),
-                         0);
+        ck_assert_int_eq(
+            cache_list(fx.c, &f, ALL_MASK, after, 5, klist_cb, k, &more), 0);
         pages++;
         if (!more)
             break;
@@ -1398,20 +1389,17 @@ START_TEST(test_list)
     /* Filter and single tier. */
     k->n = 0;
     f.source = "odd";
-    ck_assert_int_eq(cache_list(fx.c, &f, ALL_MASK, NULL, 100, klist_cb, k,
-                                &more),
-                     0);
+    ck_assert_int_eq(
+        cache_list(fx.c, &f, ALL_MASK, NULL, 100, klist_cb, k, &more), 0);
     ck_assert_uint_eq(k->n, 9);
     ck_assert(!more);
     k->n = 0;
     f.source = NULL;
-    ck_assert_int_eq(cache_list(fx.c, &f, M(CACHE_L1), NULL, 100, klist_cb, k,
-                                &more),
-                     0);
+    ck_assert_int_eq(
+        cache_list(fx.c, &f, M(CACHE_L1), NULL, 100, klist_cb, k, &more), 0);
     ck_assert_uint_eq(k->n, 0); /* L1 holds 18, 19: expired */
-    ck_assert_int_eq(cache_list(fx.c, &f, M(CACHE_L2), NULL, 100, klist_cb, k,
-                                &more),
-                     0);
+    ck_assert_int_eq(
+        cache_list(fx.c, &f, M(CACHE_L2), NULL, 100, klist_cb, k, &more), 0);
     ck_assert_uint_eq(k->n, 2); /* 16, 17 */
     /* List counts no access and promotes nothing. */
     ck_assert_uint_eq(stats(fx.c).lookups, 0);
@@ -1575,7 +1563,7 @@ END_TEST
 /* ---------------------------------------------------------------------- */
 /* Threads: owners write their keys, readers promote; nothing is lost.   */
 
-#define TH_KEYS 16
+#define TH_KEYS     16
 #define TH_VERSIONS 400
 
 struct th_arg {
@@ -1591,8 +1579,7 @@ static void *th_writer(void *p)
         for (int k = 0; k < TH_KEYS; k++) {
             char src[32];
             snprintf(src, sizeof src, "w%d-%d", a->id, v);
-            up(a->c, mk(a->id * 100 + k, src, T0, 3600), CACHE_F_ALL, 0,
-               NULL);
+            up(a->c, mk(a->id * 100 + k, src, T0, 3600), CACHE_F_ALL, 0, NULL);
         }
     }
     return NULL;
@@ -1677,6 +1664,89 @@ START_TEST(test_threads_no_lost_writes)
 }
 END_TEST
 
+/* The same owners/readers, while a chaos thread makes L3 fail and recover
+ * and runs maintenance: once L3 is back and the queue drained, L3 holds
+ * every key's last version (replays never overwrite newer writes). */
+struct chaos_arg {
+    struct fixture *fx;
+    atomic_bool *stop;
+};
+
+static void *th_chaos(void *p)
+{
+    struct chaos_arg *a = p;
+    unsigned round = 0;
+    while (!atomic_load(a->stop)) {
+        struct timespec ts = {0, 200000};
+        round++;
+        if (round % 3 == 0)
+            fake_set_fail(a->fx->l3, true, 0, -EIO);
+        else if (round % 3 == 1)
+            fake_set_fail(a->fx->l3, false, 1, -EBUSY);
+        else
+            fake_set_fail(a->fx->l3, false, 0, 0);
+        nanosleep(&ts, NULL);
+        cache_maintain(a->fx->c);
+    }
+    fake_set_fail(a->fx->l3, false, 0, 0);
+    return NULL;
+}
+
+START_TEST(test_threads_l3_chaos)
+{
+    struct fixture fx;
+    pthread_t w[2], r, ch;
+    struct th_arg wa[2], ra;
+    struct chaos_arg ca;
+    atomic_bool stop = false, stop_chaos = false;
+
+    int devnull = open("/dev/null", O_WRONLY);
+
+    ck_assert_int_ge(devnull, 0);
+    log_set_fd(devnull); /* the expected "degraded" ERROR lines */
+    fx_open(&fx, 4, 8, true);
+    ca = (struct chaos_arg){&fx, &stop_chaos};
+    ra = (struct th_arg){fx.c, 10, &stop};
+    ck_assert_int_eq(pthread_create(&ch, NULL, th_chaos, &ca), 0);
+    ck_assert_int_eq(pthread_create(&r, NULL, th_reader, &ra), 0);
+    for (int i = 0; i < 2; i++) {
+        wa[i] = (struct th_arg){fx.c, i, &stop};
+        ck_assert_int_eq(pthread_create(&w[i], NULL, th_writer, &wa[i]), 0);
+    }
+    for (int i = 0; i < 2; i++)
+        pthread_join(w[i], NULL);
+    atomic_store(&stop, true);
+    atomic_store(&stop_chaos, true);
+    pthread_join(r, NULL);
+    pthread_join(ch, NULL);
+    for (int i = 0; i < 10 && (stats(fx.c).pending_l3 ||
+                               stats(fx.c).tier[CACHE_L3].degraded);
+         i++)
+        cache_maintain(fx.c);
+    ck_assert(!stats(fx.c).tier[CACHE_L3].degraded);
+    ck_assert_uint_eq(stats(fx.c).pending_l3, 0);
+    ck_assert_uint_gt(stats(fx.c).tier[CACHE_L3].failures_total, 0);
+    log_set_fd(2);
+    close(devnull);
+    for (int id = 0; id < 2; id++) {
+        for (int k = 0; k < TH_KEYS; k++) {
+            char want[32], key[ENTRY_KEY_LEN + 1];
+            struct entry *e;
+            snprintf(want, sizeof want, "w%d-%d", id, TH_VERSIONS - 1);
+            key_of(id * 100 + k, key);
+            e = fake_peek(fx.l3, key);
+            ck_assert_ptr_nonnull(e);
+            ck_assert_str_eq(e->source, want);
+            entry_unref(e);
+            ck_assert_int_ge(get_tier(fx.c, id * 100 + k, &e), 0);
+            ck_assert_str_eq(e->source, want);
+            entry_unref(e);
+        }
+    }
+    fx_close(&fx);
+}
+END_TEST
+
 static Suite *cache_suite(void)
 {
     Suite *s = suite_create("cache");
@@ -1712,6 +1782,7 @@ static Suite *cache_suite(void)
         {"l1_only", test_l1_only},
         {"close_writeback", test_close_writes_back_access_stats},
         {"threads", test_threads_no_lost_writes},
+        {"threads_chaos", test_threads_l3_chaos},
     };
 
     tc = tcase_create("model");

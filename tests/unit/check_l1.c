@@ -43,8 +43,7 @@ static struct entry *mk(int i, const char *source, int64_t ttl)
              (i >> 8) & 255, i & 255);
     ck_assert_int_eq(entry_set_str(&e->proxy_url, url), 0);
     entry_key_from_normalised(url, e->key);
-    ck_assert_int_eq(entry_set_str(&e->source, source ? source : "unknown"),
-                     0);
+    ck_assert_int_eq(entry_set_str(&e->source, source ? source : "unknown"), 0);
     e->scheme = ENTRY_SCHEME_HTTP;
     e->fetch_time = T0;
     e->ttl_seconds = ttl;
@@ -408,8 +407,7 @@ START_TEST(test_sample_bounded_work)
     f.source = "rare";
     t0 = clock_mono_ns();
     for (int r = 0; r < 100; r++)
-        ck_assert_int_eq(t->ops->sample(t, &f, 1, (uint64_t)r, keys_cb, a),
-                         0);
+        ck_assert_int_eq(t->ops->sample(t, &f, 1, (uint64_t)r, keys_cb, a), 0);
     ck_assert_uint_le(a->n, 100);
     /* 100 bounded samples (4096 visits each) take far less than 100 full
      * walks; a generous bound that only catches a full scan per call. */
@@ -486,7 +484,7 @@ END_TEST
 /* Four threads hammer a small table with every operation. Run under TSan
  * to catch races; here we check the invariants that survive. */
 #define MT_KEYS 2048
-#define MT_OPS 20000
+#define MT_OPS  20000
 
 struct mt_arg {
     struct tier *t;

@@ -268,8 +268,7 @@ static inline int fake_deliver(struct entry **copies, size_t n,
 }
 
 static int fake_scan(struct tier *t, const struct tier_filter *flt,
-                     const char *after, size_t max, tier_entry_cb cb,
-                     void *arg)
+                     const char *after, size_t max, tier_entry_cb cb, void *arg)
 {
     struct fake_tier *f = fake_of(t);
     struct entry **got;
