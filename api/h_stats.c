@@ -38,12 +38,7 @@ static double hit_rate(uint64_t hits, uint64_t misses)
  */
 static json_int_t tier_capacity(const struct cache_tier_stats *t)
 {
-#ifdef CACHE_STATS_HAS_CAPACITY
     return (json_int_t)t->capacity;
-#else
-    (void)t;
-    return 0;
-#endif
 }
 
 static json_t *tier_json(const struct cache_tier_stats *t)

@@ -1090,7 +1090,10 @@ int api_warm_file(struct api_ctx *ctx, const char *path,
     }
     /* A file is not bounded by --max-import-bytes. */
     w->unbounded = true;
-    while ((n = fread(chunk, 1, FILE_CHUNK, f)) > 0) {
+    for (;;) {
+        n = fread(chunk, 1, FILE_CHUNK, f);
+        if (n == 0)
+            break;
         if (first && n >= 2 && (unsigned char)chunk[0] == 0x1f &&
             (unsigned char)chunk[1] == 0x8b) {
             log_error("--warm %s: gzip-compressed input is not supported; "

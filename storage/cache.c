@@ -226,6 +226,7 @@ struct cache {
     uint32_t failure_threshold;
     int64_t default_ttl;
     size_t l2_cap; /* cfg->l2_capacity; 0 = unknown (no shortcut) */
+    size_t caps[CACHE_NTIERS]; /* configured capacities, for stats */
     struct cache_source_ttl *source_ttls; /* own copy */
     size_t n_source_ttls;
     const struct crypto_keyring *ring; /* borrowed */
@@ -278,8 +279,8 @@ int tier_filter_match(const struct tier_filter *f, const struct entry *e)
         return 0;
     if (f->anonymity >= 0 && (int)e->anonymity != f->anonymity)
         return 0;
-    if (f->max_latency_ms >= 0 && e->latency_ms >= 0 &&
-        e->latency_ms > f->max_latency_ms)
+    if (f->max_latency_ms >= 0 &&
+        (e->latency_ms < 0 || e->latency_ms > f->max_latency_ms))
         return 0;
     return 1;
 }
@@ -1011,9 +1012,9 @@ static int walk(struct cache *c, const char *key, int64_t now, bool count,
             e = NULL;
             expire_copy(c, t, key, *v0);
             err = -ENOENT;
-        } else if (err == -EBADMSG) {
-            count_evict(c, t, CACHE_EVICT_CORRUPTION, 1);
         }
+        /* -EBADMSG: the tier removed the record and counted it in its
+         * corrupt_count, which cache_stats_snapshot() adds in. */
         if (err == 0) {
             if (count)
                 pc_inc(&c->ts[t].hits);
@@ -2101,9 +2102,14 @@ void cache_stats_snapshot(struct cache *c, struct cache_stats *out)
         o->hits = pc_sum(&ts->hits);
         o->misses = pc_sum(&ts->misses);
         o->size = ts->t ? ts->t->ops->size(ts->t) : 0;
+        o->capacity = c->caps[t];
         for (int r = 0; r < CACHE_NREASONS; r++)
             o->evictions[r] =
                 atomic_load_explicit(&ts->evictions[r], memory_order_relaxed);
+        /* Records a tier found corrupt (at open or on a read) and removed. */
+        if (ts->t && ts->t->ops->corrupt_count)
+            o->evictions[CACHE_EVICT_CORRUPTION] +=
+                ts->t->ops->corrupt_count(ts->t);
         o->promotions =
             atomic_load_explicit(&ts->promotions, memory_order_relaxed);
         o->demotions =
@@ -2187,6 +2193,9 @@ int cache_new_with_tiers(const struct cache_config *cfg, struct tier *l1,
     c->ts[CACHE_L3].t = l3;
     c->failure_threshold = cfg->failure_threshold;
     c->l2_cap = l2 ? cfg->l2_capacity : 0;
+    c->caps[CACHE_L1] = cfg->l1_capacity;
+    c->caps[CACHE_L2] = cfg->l2_capacity;
+    c->caps[CACHE_L3] = cfg->l3_capacity;
     c->default_ttl = cfg->default_ttl;
     c->ring = cfg->ring;
     *out = c;

@@ -13,8 +13,9 @@
  * accepted while L3 is degraded are queued and replayed into L3 when it
  * recovers. L1 never degrades.
  *
- * Tokens read back from L2/L3 are checked against the key ring (MAC only);
- * a token no key verifies is corruption: evicted, counted, WARNING once.
+ * Tokens read back from L2/L3 must open with a key of the ring (the
+ * plaintext is wiped at once); a token no key opens is corruption: evicted,
+ * counted, WARNING once.
  *
  * Thread-safety: every function may be called from any thread. The manager
  * holds no lock while calling a tier (tiers lock internally); counters are
@@ -72,7 +73,8 @@ struct cache;
 int cache_open(const struct cache_config *cfg, struct cache **out);
 
 /* Build a cache over given tiers (tests: fake tiers). Takes ownership of the
- * tiers (closed by cache_close). l2 and l3 may be NULL (tier absent). */
+ * tiers (closed by cache_close, or at once if this fails). cfg->l2_capacity
+ * must equal the L2 tier's capacity. l2 and l3 may be NULL (tier absent). */
 int cache_new_with_tiers(const struct cache_config *cfg, struct tier *l1,
                          struct tier *l2, struct tier *l3, struct cache **out);
 
@@ -191,6 +193,7 @@ struct cache_tier_stats {
     bool present;
     uint64_t hits, misses;
     uint64_t size;
+    uint64_t capacity;     /* configured; 0 = unlimited */
     uint64_t evictions[CACHE_NREASONS];
     uint64_t promotions;   /* entries promoted INTO this tier */
     uint64_t demotions;    /* entries demoted OUT of this tier */

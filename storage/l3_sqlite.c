@@ -1333,7 +1333,7 @@ static void build_sql(char *buf, size_t cap, unsigned shape)
                    (shape & F_COUNTRY) ? " AND country IS upper(?6)" : "",
                    (shape & F_ANON) ? " AND anonymity IS ?7" : "",
                    (shape & F_LATENCY)
-                       ? " AND (latency_ms IS NULL OR latency_ms <= ?8)"
+                       ? " AND latency_ms <= ?8"
                        : "");
     SVC_ASSERT(len > 0 && (size_t)len < cap);
 }

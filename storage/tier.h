@@ -18,6 +18,7 @@
  *    key and the reason, and counted it in its corrupt counter); -ENOMEM;
  *    -ENOSPC, -EACCES, -EIO, -EBUSY, -EROFS (tier failures that count
  *    towards degradation in the manager).
+ *  - f and cb must be non-NULL for scan and sample (-EINVAL otherwise).
  *  - A tier does not judge expiry on get (the manager does, lazily); sweep
  *    removes what is expired at the given time.
  */
@@ -38,7 +39,8 @@ struct tier_filter {
     int scheme;            /* -1: any, else enum entry_scheme */
     const char *country;   /* NULL: any; uppercase two letters */
     int anonymity;         /* -1: any, else enum entry_anonymity */
-    int64_t max_latency_ms;/* -1: any; entries with unknown latency match */
+    int64_t max_latency_ms;/* -1: any; else only entries with a known latency
+                              <= this match */
 };
 
 /* Initialise f to match every unexpired entry at now_ms. */

@@ -352,7 +352,7 @@ static size_t make_filters(struct tier_filter *fs)
     tier_filter_init(&fs[n], T0);
     fs[n++].anonymity = ENTRY_ANON_NONE;
     tier_filter_init(&fs[n], T0);
-    fs[n++].max_latency_ms = 500; /* unknown latency matches */
+    fs[n++].max_latency_ms = 500; /* unknown latency does not match */
     tier_filter_init(&fs[n], T0);
     fs[n].exclude_unhealthy = 1;
     fs[n].source = "list-b";
