@@ -162,6 +162,11 @@ int clock_parse_rfc3339(const char *s, int64_t *ms)
         ss = 59; /* leap second: clamp */
     t = days_from_civil(year, mon, day) * 86400 + hh * 3600 + mm * 60 + ss;
     t -= (int64_t)off_min * 60;
-    *ms = t * 1000 + frac_ms;
+    t = t * 1000 + frac_ms;
+    /* An offset can move the instant outside years 0000..9999, which could
+     * then not be written back as RFC 3339: refuse it here. */
+    if (t < INT64_C(-62167219200000) || t > INT64_C(253402300799999))
+        return -EINVAL;
+    *ms = t;
     return 0;
 }

@@ -255,6 +255,12 @@ static const char *parse_host(const char *s, size_t len, char *host, size_t cap)
         addr[len - 2] = '\0';
         if (inet_pton(AF_INET6, addr, bin) != 1)
             return "invalid IPv6 address";
+        /* Canonical text (RFC 5952, lowercase, "::" compression), so that
+         * [0:0::1] and [::1] are one proxy with one key. */
+        if (!inet_ntop(AF_INET6, bin, addr, sizeof addr))
+            return "invalid IPv6 address";
+        snprintf(host, cap, "[%s]", addr);
+        return NULL;
     } else if (all_digits_and_dots(s, len)) {
         if (!ipv4_valid(s, len))
             return "invalid IPv4 address";

@@ -1253,7 +1253,7 @@ static int csv_row(struct formats_warm *p, char *s, size_t len)
     if (v && parse_udecimal(v, &r.latency_ms) < 0)
         return member_error(p, r.line, "latency_ms", "must be a number >= 0");
     v = csv_get(p, CF_FETCH);
-    if (v && clock_parse_rfc3339(v, &r.fetch_time) < 0)
+    if (v && (clock_parse_rfc3339(v, &r.fetch_time) < 0 || r.fetch_time < 0))
         return member_error(p, r.line, "fetch_time",
                             "must be an RFC 3339 time");
     return emit_record(p, &r);

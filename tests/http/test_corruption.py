@@ -37,7 +37,7 @@ TIERS = ("l1", "l2", "l3")
 B64URL = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 
 
-# ---- helpers -------------------------------------------------------------------
+# ---- helpers ----------------------------------------------------------------
 
 def _log_lines(text, level):
     """Lines of a captured log at `level` (text or JSON log format)."""
@@ -92,7 +92,8 @@ def _check_served(c, entries, what):
                 "username" in e and (got["username"], got["password"])
                 != (e["username"], e["password"])):
             bad.append((k, "fields differ"))
-    assert not bad, f"{what}: {len(bad)} good entries not served, e.g. {bad[:3]}"
+    assert not bad, (f"{what}: {len(bad)} good entries not served, e.g. "
+                     f"{bad[:3]}")
 
 
 def _shards(data_dir):
@@ -173,7 +174,7 @@ def _warnings_naming(server, key, since=0):
     return [l for l in _warns(server, since) if key in l]
 
 
-# ---- (a) L2 ---------------------------------------------------------------------
+# ---- (a) L2 -----------------------------------------------------------------
 
 def test_damaged_l2_shard(server_factory):
     s = server_factory(token=TEST_TOKEN)
@@ -249,7 +250,7 @@ def test_damaged_l2_shard(server_factory):
     assert counted["l3"] == 0, counted
 
 
-# ---- (b) L3 row -----------------------------------------------------------------
+# ---- (b) L3 row -------------------------------------------------------------
 
 def test_damaged_l3_password_token(server_factory):
     # L2 holds the 3 newest entries only, so reads of the older ones go to L3.
@@ -302,7 +303,7 @@ def test_damaged_l3_password_token(server_factory):
     assert n == 0, "the corrupt row is still in cache.db after its eviction"
 
 
-# ---- (c) the database file is not a database --------------------------------------
+# ---- (c) the database file is not a database --------------------------------
 
 def test_random_bytes_database_is_moved_aside(server_factory):
     s = server_factory(token=TEST_TOKEN)
@@ -352,7 +353,7 @@ def test_random_bytes_database_is_moved_aside(server_factory):
         "a healthy database was moved aside on the next start"
 
 
-# ---- (d) the wrong encryption key --------------------------------------------------
+# ---- (d) the wrong encryption key -------------------------------------------
 
 def test_restart_with_a_different_key(server_factory):
     s = server_factory(token=TEST_TOKEN)

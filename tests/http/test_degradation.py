@@ -38,7 +38,7 @@ import time
 
 import pytest
 
-from helpers import key_for, unique_url, wait_until
+from helpers import unique_url, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -46,7 +46,7 @@ TIERS = ("l1", "l2", "l3")
 RECOVERY_TIMEOUT = 45      # s; sweep interval 1 s, probes each sweep
 
 
-# ---- helpers -------------------------------------------------------------------
+# ---- helpers ----------------------------------------------------------------
 
 def _need_root():
     if os.geteuid() != 0:
@@ -227,10 +227,14 @@ def _degradation_problems(server, c, tier, summary):
     if v != 1:
         out.append(f"/metrics: {where}: proxycache_tier_degraded"
                    f"{{tier=\"{tier}\"}} is {v:g}, want 1")
+    # The message (module tag "[x]" left out) names the tier and says it
+    # is degraded.
     errors = [l for l in _log_lines(server, "error")
-              if re.search(r"\b%s\b" % tier, l)]
+              if re.search(r"\b%s\b" % tier, re.sub(r"\[[^]]*\]", "", l),
+                           re.I) and "degrad" in l.lower()]
     if not errors:
-        out.append(f"log: {where}: no ERROR line naming tier {tier}; ERROR "
+        out.append(f"log: {where}: no ERROR line saying tier {tier} is "
+                   f"degraded; ERROR "
                    f"lines: {_log_lines(server, 'error')[:5]}; WARNING "
                    f"lines: {_log_lines(server, 'warn')[:5]}")
     return out
@@ -289,7 +293,7 @@ def _check_durable(server, acked):
     assert c.stats()["tiers"]["l3"]["size"] >= len(acked)
 
 
-# ---- disk full -------------------------------------------------------------------
+# ---- disk full --------------------------------------------------------------
 
 def test_disk_full_degrades_and_recovers(server_factory, tmp_path):
     mnt = tmp_path / "mnt"
@@ -329,7 +333,7 @@ def test_disk_full_degrades_and_recovers(server_factory, tmp_path):
     assert not problems, "\n".join(problems)
 
 
-# ---- database locked past its timeout --------------------------------------------
+# ---- database locked past its timeout ---------------------------------------
 
 def test_locked_database_degrades_l3_and_recovers(server_factory):
     s = server_factory()
@@ -402,7 +406,7 @@ def test_locked_database_degrades_l3_and_recovers(server_factory):
     assert not problems, "\n".join(problems)
 
 
-# ---- the file system turns read-only ----------------------------------------------
+# ---- the file system turns read-only ----------------------------------------
 
 @contextlib.contextmanager
 def _ext4(tmp_path, mnt):

@@ -46,6 +46,9 @@ static const struct url_case url_cases[] = {
     OK("HTTP://User:Pa%40ss@Example.COM:8080/", -1, "http://example.com:8080",
        "User", "Pa@ss"),
     OK("socks5://[::1]:1080", -1, "socks5://[::1]:1080", NULL, NULL),
+    /* IPv6 is canonicalised (RFC 5952): one proxy, one key. */
+    OK("socks5://[0:0:0:0:0:0:0:1]:1080", -1, "socks5://[::1]:1080", NULL, NULL),
+    OK("http://[2001:DB8:0::1]:8080", -1, "http://[2001:db8::1]:8080", NULL, NULL),
     OK("SOCKS4://[2001:DB8::AbC]:1080", -1, "socks4://[2001:db8::abc]:1080",
        NULL, NULL),
     OK("[::ffff:1.2.3.4]:3128", ENTRY_SCHEME_HTTP,
