@@ -104,6 +104,9 @@ struct api_response {
     void (*reader_free)(void *cls);
     struct api_header headers[API_MAX_HEADERS];
     size_t n_headers;
+    /* The body holds plain-text credentials (?reveal=true): the service
+     * wipes it (OPENSSL_cleanse) before freeing it. */
+    bool sensitive;
 };
 
 typedef void (*api_handler_fn)(struct api_ctx *ctx,

@@ -449,6 +449,7 @@ void h_proxy_get(struct api_ctx *ctx, const struct api_request *req,
         if (reveal)
             api_response_header(resp, "Cache-Control", "no-store");
     }
+    resp->sensitive = reveal;
 }
 
 void h_proxy_delete(struct api_ctx *ctx, const struct api_request *req,

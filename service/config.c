@@ -42,15 +42,15 @@
 #define PACKAGE_VERSION "0.1.0"
 #endif
 
-#define ENV_PREFIX "PROXYCACHE_"
-#define ENV_TOKEN "PROXYCACHE_API_TOKEN"
-#define ENV_KEY "PROXYCACHE_ENCRYPTION_KEY"
+#define ENV_PREFIX     "PROXYCACHE_"
+#define ENV_TOKEN      "PROXYCACHE_API_TOKEN"
+#define ENV_KEY        "PROXYCACHE_ENCRYPTION_KEY"
 #define ENV_KEY_LEGACY "PROXYWHIRL_CACHE_ENCRYPTION_KEY"
 
-#define TOKEN_MAX 4096        /* longest accepted API token */
-#define MAX_REPEAT 1024       /* most --source-ttl or --warm values */
-#define TTL_MAX 3153600000LL  /* 100 years, in seconds */
-#define QUOTE_MAX 80          /* longest value quoted in an error */
+#define TOKEN_MAX  4096         /* longest accepted API token */
+#define MAX_REPEAT 1024         /* most --source-ttl or --warm values */
+#define TTL_MAX    3153600000LL /* 100 years, in seconds */
+#define QUOTE_MAX  80           /* longest value quoted in an error */
 
 enum opt_id {
     O_LISTEN = 0,
@@ -123,8 +123,7 @@ static const struct opt opts[N_OPTS] = {
                       "per-source TTL; repeatable (env: comma-separated)"},
     [O_SWEEP_INTERVAL] = {"sweep-interval", K_INT, "SECONDS", "10", 1, 86400,
                           "period of the background expiry sweep"},
-    [O_FAILURE_THRESHOLD] = {"failure-threshold", K_INT, "N", "3", 1,
-                             1000000,
+    [O_FAILURE_THRESHOLD] = {"failure-threshold", K_INT, "N", "3", 1, 1000000,
                              "consecutive health failures before removal"},
     [O_WARM] = {"warm", K_WARM, "FILE", "none", 0, 0,
                 "proxy list loaded before ready; repeatable (env: "
@@ -134,12 +133,11 @@ static const struct opt opts[N_OPTS] = {
     [O_LOG_FORMAT] = {"log-format", K_LOG_FORMAT, "FORMAT", "text", 0, 0,
                       "text or json"},
     [O_MAX_BODY_BYTES] = {"max-body-bytes", K_INT, "N", "16777216", 1024,
-                          4294967296LL,
-                          "largest request body (413 above it)"},
+                          4294967296LL, "largest request body (413 above it)"},
     [O_MAX_CONNECTIONS] = {"max-connections", K_INT, "N", "1024", 1, 1000000,
                            "concurrent connections"},
-    [O_MAX_IMPORT_BYTES] = {"max-import-bytes", K_INT, "N", "1073741824",
-                            1024, 1099511627776LL,
+    [O_MAX_IMPORT_BYTES] = {"max-import-bytes", K_INT, "N", "1073741824", 1024,
+                            1099511627776LL,
                             "largest streamed body of /v1/warm and "
                             "/v1/import"},
     [O_IDLE_TIMEOUT] = {"idle-timeout", K_INT, "SECONDS", "30", 1, 86400,
@@ -153,8 +151,7 @@ static const struct opt opts[N_OPTS] = {
     [O_EPHEMERAL_KEY] = {"ephemeral-key", K_BOOL, NULL, "off", 0, 0,
                          "without PROXYCACHE_ENCRYPTION_KEY, seal "
                          "credentials with a random key (lost on restart)"},
-    [O_INSECURE_LISTEN_ANY] = {"insecure-listen-any", K_BOOL, NULL, "off", 0,
-                               0,
+    [O_INSECURE_LISTEN_ANY] = {"insecure-listen-any", K_BOOL, NULL, "off", 0, 0,
                                "allow a non-loopback --listen without "
                                "PROXYCACHE_API_TOKEN"},
 };
@@ -210,9 +207,9 @@ static void origin_name(enum opt_id id, bool from_env, char *buf, size_t len)
     n = (size_t)snprintf(buf, len, "%s", ENV_PREFIX);
     for (i = 0; opts[id].name[i] != '\0' && n + 1 < len; i++, n++) {
         char ch = opts[id].name[i];
-        buf[n] = ch == '-' ? '_' : (char)(ch >= 'a' && ch <= 'z'
-                                              ? ch - 'a' + 'A'
-                                              : ch);
+        buf[n] = ch == '-'
+                     ? '_'
+                     : (char)(ch >= 'a' && ch <= 'z' ? ch - 'a' + 'A' : ch);
     }
     buf[n < len ? n : len - 1] = '\0';
 }
@@ -384,8 +381,8 @@ static int add_source_ttl(struct config *c, const char *item, char *why,
                  ENTRY_SOURCE_MAX);
         return -EINVAL;
     }
-    if (parse_int(eq + 1, opts[O_SOURCE_TTL].min, opts[O_SOURCE_TTL].max,
-                  &secs, why, whylen) != 0) {
+    if (parse_int(eq + 1, opts[O_SOURCE_TTL].min, opts[O_SOURCE_TTL].max, &secs,
+                  why, whylen) != 0) {
         char inner[96];
         snprintf(inner, sizeof inner, "SECONDS %s", why);
         snprintf(why, whylen, "%s", inner);
@@ -577,9 +574,8 @@ static int apply_one(enum opt_id id, const char *value, struct config *c,
 }
 
 /* Apply a comma-separated environment list, one item at a time. */
-static int apply_env_list(enum opt_id id, const char *value,
-                          struct config *c, const char *origin, char *err,
-                          size_t errlen)
+static int apply_env_list(enum opt_id id, const char *value, struct config *c,
+                          const char *origin, char *err, size_t errlen)
 {
     char *copy = strdup(value);
     char *item, *next;
@@ -657,8 +653,8 @@ static void raw_fini(struct raw *raw)
 /* The option text at argv[optind - 1] without any "=value" part. */
 static const char *bad_option(int argc, char **argv, char *buf, size_t len)
 {
-    const char *arg = (optind >= 1 && optind - 1 < argc) ? argv[optind - 1]
-                                                         : "?";
+    const char *arg =
+        (optind >= 1 && optind - 1 < argc) ? argv[optind - 1] : "?";
     size_t n = strcspn(arg, "=");
     char tmp[QUOTE_MAX + 8];
 
@@ -688,10 +684,10 @@ static int collect_flags(int argc, char **argv, struct raw *raw, char *err,
     }
     longopts[n++] = (struct option){"help", no_argument, NULL, O_HELP};
     longopts[n++] = (struct option){"version", no_argument, NULL, O_VERSION};
-    longopts[n++] = (struct option){"api-token", optional_argument, NULL,
-                                    O_REFUSED_TOKEN};
-    longopts[n++] = (struct option){"encryption-key", optional_argument,
-                                    NULL, O_REFUSED_KEY};
+    longopts[n++] =
+        (struct option){"api-token", optional_argument, NULL, O_REFUSED_TOKEN};
+    longopts[n++] = (struct option){"encryption-key", optional_argument, NULL,
+                                    O_REFUSED_KEY};
     longopts[n] = (struct option){NULL, 0, NULL, 0};
 
     optind = 0; /* glibc: full re-initialisation (tests call us often) */
@@ -721,19 +717,20 @@ static int collect_flags(int argc, char **argv, struct raw *raw, char *err,
             return -EINVAL;
         case '?':
             if (optopt > 0 && optopt < 256 && optopt != '?')
-                set_err(err, errlen, "proxycached: unknown option '-%c'"
-                        " (see --help)", optopt >= 0x20 && optopt < 0x7f
-                                             ? optopt : '?');
+                set_err(err, errlen,
+                        "proxycached: unknown option '-%c' (see --help)",
+                        optopt >= 0x20 && optopt < 0x7f ? optopt : '?');
             else
                 set_err(err, errlen,
                         "proxycached: unknown or ambiguous option '%s' (see "
-                        "--help)", bad_option(argc, argv, q, sizeof q));
+                        "--help)",
+                        bad_option(argc, argv, q, sizeof q));
             return -EINVAL;
         default: {
             int id = ch - 2000;
             if (id < 0 || id >= N_OPTS) {
-                set_err(err, errlen, "proxycached: unknown option (see "
-                                     "--help)");
+                set_err(err, errlen,
+                        "proxycached: unknown option (see --help)");
                 return -EINVAL;
             }
             raw->given[id] = true;
@@ -743,8 +740,9 @@ static int collect_flags(int argc, char **argv, struct raw *raw, char *err,
                        opts[id].kind == K_WARM) {
                 rc = push_raw(raw, (enum opt_id)id, optarg);
                 if (rc == -E2BIG) {
-                    set_err(err, errlen, "proxycached: --%s given more than "
-                            "%d times", opts[id].name, MAX_REPEAT);
+                    set_err(err, errlen,
+                            "proxycached: --%s given more than %d times",
+                            opts[id].name, MAX_REPEAT);
                     return -EINVAL;
                 }
                 if (rc)
@@ -757,8 +755,9 @@ static int collect_flags(int argc, char **argv, struct raw *raw, char *err,
         }
     }
     if (optind < argc) {
-        set_err(err, errlen, "proxycached: unexpected argument '%s' (see "
-                "--help)", quote(argv[optind], q, sizeof q));
+        set_err(err, errlen,
+                "proxycached: unexpected argument '%s' (see --help)",
+                quote(argv[optind], q, sizeof q));
         return -EINVAL;
     }
     return 0;
@@ -780,8 +779,7 @@ static int apply_all(const struct raw *raw, config_getenv_fn env,
             origin_name(id, false, origin, sizeof origin);
             if (repeat) {
                 for (size_t k = 0; k < raw->n_list[i]; k++) {
-                    rc = apply_item(id, raw->list[i][k], c, why,
-                                      sizeof why);
+                    rc = apply_item(id, raw->list[i][k], c, why, sizeof why);
                     if (rc == -EINVAL)
                         invalid(err, errlen, origin, raw->list[i][k], why);
                     if (rc)
@@ -829,15 +827,18 @@ static int load_token(config_getenv_fn env, struct config *c, char *err,
     for (size_t i = 0; i < len; i++) {
         unsigned char ch = (unsigned char)t[i];
         if (ch <= 0x20 || ch >= 0x7f) {
-            set_err(err, errlen, "proxycached: invalid " ENV_TOKEN ": only "
+            set_err(err, errlen,
+                    "proxycached: invalid " ENV_TOKEN ": only "
                     "visible ASCII characters are allowed (value not "
                     "shown)");
             return -EINVAL;
         }
     }
     if (len > TOKEN_MAX) {
-        set_err(err, errlen, "proxycached: invalid " ENV_TOKEN ": longer "
-                "than %d characters (value not shown)", TOKEN_MAX);
+        set_err(err, errlen,
+                "proxycached: invalid " ENV_TOKEN
+                ": longer than %d characters (value not shown)",
+                TOKEN_MAX);
         return -EINVAL;
     }
     c->api_token = strdup(t);
@@ -861,9 +862,11 @@ static int load_keyring(config_getenv_fn env, struct config *c, char *err,
     if (k && k[0] != '\0') {
         rc = crypto_keyring_new(k, &c->ring);
         if (rc == -EINVAL) {
-            set_err(err, errlen, "proxycached: invalid %s: expected URL-safe "
+            set_err(err, errlen,
+                    "proxycached: invalid %s: expected URL-safe "
                     "base64 of 32 bytes, comma-separated for rotation "
-                    "(value not shown)", name);
+                    "(value not shown)",
+                    name);
             return -EINVAL;
         }
         if (rc)
@@ -874,7 +877,8 @@ static int load_keyring(config_getenv_fn env, struct config *c, char *err,
     if (c->ephemeral_key) {
         rc = crypto_keyring_new_random(&c->ring);
         if (rc) {
-            set_err(err, errlen, "proxycached: --ephemeral-key: cannot "
+            set_err(err, errlen,
+                    "proxycached: --ephemeral-key: cannot "
                     "create a random key");
             return rc;
         }
@@ -885,8 +889,8 @@ static int load_keyring(config_getenv_fn env, struct config *c, char *err,
     return 0;
 }
 
-int config_load(int argc, char **argv, config_getenv_fn env,
-                struct config *out, char *err, size_t errlen)
+int config_load(int argc, char **argv, config_getenv_fn env, struct config *out,
+                char *err, size_t errlen)
 {
     struct raw raw;
     struct config c;
@@ -909,9 +913,11 @@ int config_load(int argc, char **argv, config_getenv_fn env,
         goto out;
     if (!c.listen_loopback && !c.api_token && !c.insecure_listen_any) {
         config_format_listen(&c, c.listen_port, where, sizeof where);
-        set_err(err, errlen, "proxycached: refusing to listen on %s (not "
+        set_err(err, errlen,
+                "proxycached: refusing to listen on %s (not "
                 "loopback) without " ENV_TOKEN ": set a token, or pass "
-                "--insecure-listen-any", where);
+                "--insecure-listen-any",
+                where);
         rc = -EINVAL;
         goto out;
     }
@@ -923,8 +929,8 @@ int config_load(int argc, char **argv, config_getenv_fn env,
 out:
     if (rc == -ENOMEM && err && errlen && err[0] == '\0')
         set_err(err, errlen, "proxycached: out of memory");
-    if (rc != 0 && rc != CONFIG_SHOW_HELP && rc != CONFIG_SHOW_VERSION &&
-        err && errlen && err[0] == '\0')
+    if (rc != 0 && rc != CONFIG_SHOW_HELP && rc != CONFIG_SHOW_VERSION && err &&
+        errlen && err[0] == '\0')
         set_err(err, errlen, "proxycached: invalid configuration");
     config_fini(&c);
     raw_fini(&raw);
@@ -990,36 +996,33 @@ void config_usage(FILE *f)
             "\n\n");
     for (size_t i = 0; i < N_OPTS; i++) {
         origin_name((enum opt_id)i, true, env, sizeof env);
-        fprintf(f, "  --%s%s%s\n", opts[i].name,
-                opts[i].metavar ? " " : "",
+        fprintf(f, "  --%s%s%s\n", opts[i].name, opts[i].metavar ? " " : "",
                 opts[i].metavar ? opts[i].metavar : "");
         wrap(f, opts[i].help, 8);
-        snprintf(line, sizeof line, "(default: %s; env %s)", opts[i].def,
-                 env);
+        snprintf(line, sizeof line, "(default: %s; env %s)", opts[i].def, env);
         wrap(f, line, 8);
     }
     fprintf(f, "  -h, --help\n        show this help\n"
                "  -V, --version\n        show the version\n\n");
-    fprintf(f,
-            "Secrets, from the environment only (never flags: flags show "
-            "in ps):\n"
-            "  " ENV_TOKEN "\n"
-            "        bearer token required on every route but /healthz, "
-            "/readyz and\n"
-            "        /metrics\n"
-            "  " ENV_KEY "\n"
-            "        Fernet key(s) sealing stored credentials: URL-safe "
-            "base64 of 32\n"
-            "        bytes; comma-separated for rotation (seal with the "
-            "first, open\n"
-            "        with any); fallback " ENV_KEY_LEGACY "\n"
-            "Other variables:\n"
-            "  PROXYCACHE_OPENAPI\n"
-            "        path of the openapi.yaml served at /openapi.yaml\n"
-            "\n"
-            "Exit status: 0 after SIGTERM/SIGINT, 1 on a runtime failure "
-            "(e.g. the data\ndirectory is locked by another instance), 2 on "
-            "invalid configuration.\n");
+    fprintf(f, "Secrets, from the environment only (never flags: flags show "
+               "in ps):\n"
+               "  " ENV_TOKEN "\n"
+               "        bearer token required on every route but /healthz, "
+               "/readyz and\n"
+               "        /metrics\n"
+               "  " ENV_KEY "\n"
+               "        Fernet key(s) sealing stored credentials: URL-safe "
+               "base64 of 32\n"
+               "        bytes; comma-separated for rotation (seal with the "
+               "first, open\n"
+               "        with any); fallback " ENV_KEY_LEGACY "\n"
+               "Other variables:\n"
+               "  PROXYCACHE_OPENAPI\n"
+               "        path of the openapi.yaml served at /openapi.yaml\n"
+               "\n"
+               "Exit status: 0 after SIGTERM/SIGINT, 1 on a runtime failure "
+               "(e.g. the data\ndirectory is locked by another instance), 2 on "
+               "invalid configuration.\n");
 }
 
 const char *config_version_line(void)

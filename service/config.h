@@ -42,14 +42,14 @@ enum config_threading {
 
 /* Where the credential encryption key ring came from. */
 enum config_key_source {
-    CONFIG_KEY_NONE = 0,      /* no key: credentials are not persisted */
-    CONFIG_KEY_ENV = 1,       /* PROXYCACHE_ENCRYPTION_KEY */
+    CONFIG_KEY_NONE = 0,       /* no key: credentials are not persisted */
+    CONFIG_KEY_ENV = 1,        /* PROXYCACHE_ENCRYPTION_KEY */
     CONFIG_KEY_ENV_LEGACY = 2, /* PROXYWHIRL_CACHE_ENCRYPTION_KEY */
-    CONFIG_KEY_EPHEMERAL = 3, /* --ephemeral-key: random, lost on restart */
+    CONFIG_KEY_EPHEMERAL = 3,  /* --ephemeral-key: random, lost on restart */
 };
 
 /* Results of config_load() besides 0 and -errno. */
-#define CONFIG_SHOW_HELP 1
+#define CONFIG_SHOW_HELP    1
 #define CONFIG_SHOW_VERSION 2
 
 /* Longest accepted --data-dir (room is left for file names under it). */
@@ -63,36 +63,36 @@ struct config {
     uint16_t listen_port;
     bool listen_loopback;
 
-    char *data_dir;                     /* --data-dir */
-    size_t l1_capacity;                 /* >= 1 */
-    size_t l2_capacity;                 /* >= 1 */
-    size_t l3_capacity;                 /* 0 = unlimited */
-    int64_t default_ttl;                /* seconds, >= 1 */
+    char *data_dir;                       /* --data-dir */
+    size_t l1_capacity;                   /* >= 1 */
+    size_t l2_capacity;                   /* >= 1 */
+    size_t l3_capacity;                   /* 0 = unlimited */
+    int64_t default_ttl;                  /* seconds, >= 1 */
     struct cache_source_ttl *source_ttls; /* --source-ttl, deduplicated */
     size_t n_source_ttls;
-    int64_t sweep_interval;             /* seconds, >= 1 */
-    uint32_t failure_threshold;         /* >= 1 */
-    char **warm_files;                  /* --warm, in order */
+    int64_t sweep_interval;     /* seconds, >= 1 */
+    uint32_t failure_threshold; /* >= 1 */
+    char **warm_files;          /* --warm, in order */
     size_t n_warm_files;
 
     enum log_level log_level;
     enum log_format log_format;
 
-    size_t max_body_bytes;              /* >= 1024 */
-    size_t max_import_bytes;            /* >= 1024 */
-    unsigned max_connections;           /* >= 1 */
-    unsigned max_connections_per_ip;    /* 0 = unlimited */
-    unsigned idle_timeout;              /* seconds, >= 1 */
+    size_t max_body_bytes;           /* >= 1024 */
+    size_t max_import_bytes;         /* >= 1024 */
+    unsigned max_connections;        /* >= 1 */
+    unsigned max_connections_per_ip; /* 0 = unlimited */
+    unsigned idle_timeout;           /* seconds, >= 1 */
     enum config_threading threading;
 
-    bool ephemeral_key;                 /* --ephemeral-key */
-    bool insecure_listen_any;           /* --insecure-listen-any */
+    bool ephemeral_key;       /* --ephemeral-key */
+    bool insecure_listen_any; /* --insecure-listen-any */
 
     /* Secrets (environment only). api_token is NULL when not configured;
      * it is never logged. */
     char *api_token;
     enum config_key_source key_source;
-    struct crypto_keyring *ring;        /* NULL when key_source is NONE */
+    struct crypto_keyring *ring; /* NULL when key_source is NONE */
 };
 
 /*
@@ -115,8 +115,8 @@ typedef char *(*config_getenv_fn)(const char *name);
  * On any non-zero return *out holds nothing to free. Not thread-safe (uses
  * getopt's globals): call it from main() before any thread starts.
  */
-int config_load(int argc, char **argv, config_getenv_fn env,
-                struct config *out, char *err, size_t errlen);
+int config_load(int argc, char **argv, config_getenv_fn env, struct config *out,
+                char *err, size_t errlen);
 
 /* Wipe the secrets and free everything *c owns. NULL-safe; idempotent. */
 void config_fini(struct config *c);

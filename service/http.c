@@ -50,6 +50,7 @@
 #include <unistd.h>
 
 #include <microhttpd.h>
+#include <openssl/crypto.h>
 
 #define LOG_MODULE "http"
 #include "api/api.h"
@@ -74,19 +75,19 @@
 
 struct http {
     struct MHD_Daemon *daemon;
-    const struct config *cfg;  /* borrowed */
-    struct api_ctx *ctx;       /* borrowed */
+    const struct config *cfg; /* borrowed */
+    struct api_ctx *ctx;      /* borrowed */
     unsigned port;
-    uint32_t id_prefix;        /* random per process: ids differ across runs */
+    uint32_t id_prefix; /* random per process: ids differ across runs */
     _Atomic uint64_t next_id;
-    _Atomic long inflight;     /* requests between first call and completion */
-    _Atomic bool started;      /* MHD log lines after start go to debug */
-    _Atomic bool stopping;     /* responses close their connection */
+    _Atomic long inflight; /* requests between first call and completion */
+    _Atomic bool started;  /* MHD log lines after start go to debug */
+    _Atomic bool stopping; /* responses close their connection */
 };
 
 /* Per-request state, *con_cls of MHD. */
 struct req {
-    _Atomic int refs;          /* connection + streamed response body */
+    _Atomic int refs; /* connection + streamed response body */
     struct http *h;
     uint64_t start_ns;
     enum api_method method;
@@ -110,7 +111,7 @@ struct req {
     uint64_t streamed;
 
     struct api_response resp;
-    bool resp_ready;           /* resp filled early (stream error) */
+    bool resp_ready; /* resp filled early (stream error) */
 
     /* What was sent, for the log and metrics. */
     unsigned status;
@@ -123,17 +124,43 @@ struct body_reader {
     api_reader_fn fn;
     void *cls;
     void (*free_fn)(void *cls);
-    struct req *req;           /* a reference */
+    struct req *req; /* a reference */
 };
 
 /* ---- per-request state ---- */
+
+/* Request bodies may carry plain-text credentials: wipe before freeing. */
+static void body_wipe_free(char *p, size_t cap)
+{
+    if (!p)
+        return;
+    OPENSSL_cleanse(p, cap);
+    free(p);
+}
+
+/* A sensitive response body, handed to MHD with its length. */
+struct wiped_body {
+    char *p;
+    size_t len;
+};
+
+static void wiped_body_free(void *cls)
+{
+    struct wiped_body *w = cls;
+
+    body_wipe_free(w->p, w->len);
+    free(w);
+}
 
 static void req_unref(struct req *r)
 {
     if (!r || atomic_fetch_sub(&r->refs, 1) != 1)
         return;
-    free(r->body);
-    free(r->resp.body);
+    body_wipe_free(r->body, r->cap);
+    if (r->resp.sensitive)
+        body_wipe_free(r->resp.body, r->resp.body_len);
+    else
+        free(r->resp.body);
     if (r->resp.reader_free)
         r->resp.reader_free(r->resp.reader_cls);
     free(r);
@@ -146,8 +173,7 @@ static const char *query_fn(const struct api_request *ar, const char *name)
     if (!ar || !ar->conn || !name)
         return NULL;
     if (MHD_lookup_connection_value_n(ar->conn, MHD_GET_ARGUMENT_KIND, name,
-                                      strlen(name), &value,
-                                      NULL) != MHD_YES)
+                                      strlen(name), &value, NULL) != MHD_YES)
         return NULL;
     return value ? value : ""; /* "?reveal" without a value */
 }
@@ -157,8 +183,8 @@ static const char *query_fn(const struct api_request *ar, const char *name)
 static void assign_request_id(struct http *h, struct MHD_Connection *conn,
                               struct req *r)
 {
-    const char *given = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
-                                                    "X-Request-Id");
+    const char *given =
+        MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Request-Id");
     uint64_t n;
 
     if (given) {
@@ -245,8 +271,8 @@ static bool media_in(const char *mt, const char *const *list)
 
 static const char *const json_types[] = {"application/json", NULL};
 static const char *const list_types[] = {
-    "application/json", "text/plain", "text/csv", "application/x-ndjson",
-    "application/jsonl", NULL};
+    "application/json",     "text/plain",        "text/csv",
+    "application/x-ndjson", "application/jsonl", NULL};
 
 static void set_error(struct req *r, unsigned status, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -388,7 +414,7 @@ static enum MHD_Result take_body(struct http *h, struct req *r,
         return MHD_YES;
     }
     if (n > cfg->max_body_bytes - r->len) {
-        free(r->body);
+        body_wipe_free(r->body, r->cap);
         r->body = NULL;
         r->len = r->cap = 0;
         set_error(r, MHD_HTTP_CONTENT_TOO_LARGE,
@@ -404,9 +430,13 @@ static enum MHD_Result take_body(struct http *h, struct req *r,
         while (cap < r->len + n + 1)
             cap = cap > (cfg->max_body_bytes + 1) / 2 ? cfg->max_body_bytes + 1
                                                       : cap * 2;
-        grown = realloc(r->body, cap);
+        /* Not realloc: the old block is wiped, not left behind. */
+        grown = malloc(cap);
         if (!grown)
             return MHD_NO;
+        if (r->len)
+            memcpy(grown, r->body, r->len);
+        body_wipe_free(r->body, r->cap);
         r->body = grown;
         r->cap = cap;
     }
@@ -459,8 +489,7 @@ static void error_response(struct req *r)
         problem_respond(resp, r->error, "body", "%s", r->error_detail);
         break;
     case MHD_HTTP_UNSUPPORTED_MEDIA_TYPE:
-        problem_respond(resp, r->error, "Content-Type", "%s",
-                        r->error_detail);
+        problem_respond(resp, r->error, "Content-Type", "%s", r->error_detail);
         break;
     default:
         problem_respond(resp, r->error, NULL, "%s", r->error_detail);
@@ -499,9 +528,8 @@ static enum MHD_Result queue(struct http *h, struct MHD_Connection *conn,
             br->free_fn = resp->reader_free;
             br->req = r;
             atomic_fetch_add(&r->refs, 1);
-            mr = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN,
-                                                   READER_BLOCK, reader_cb,
-                                                   br, reader_free_cb);
+            mr = MHD_create_response_from_callback(
+                MHD_SIZE_UNKNOWN, READER_BLOCK, reader_cb, br, reader_free_cb);
             if (!mr) {
                 atomic_fetch_sub(&r->refs, 1);
                 free(br);
@@ -509,6 +537,22 @@ static enum MHD_Result queue(struct http *h, struct MHD_Connection *conn,
                 resp->reader_free = NULL; /* now owned by the response */
                 resp->reader_cls = NULL;
             }
+        }
+    } else if (resp->body && resp->sensitive) {
+        struct wiped_body *w = malloc(sizeof *w);
+        mr = NULL;
+        if (w) {
+            w->p = resp->body;
+            w->len = resp->body_len;
+            mr = MHD_create_response_from_buffer_with_free_callback_cls(
+                resp->body_len, resp->body, &wiped_body_free, w);
+            if (!mr)
+                free(w);
+        }
+        if (mr) {
+            atomic_store_explicit(&r->bytes_out, resp->body_len,
+                                  memory_order_relaxed);
+            resp->body = NULL; /* now owned by the response */
         }
     } else if (resp->body) {
         mr = MHD_create_response_from_buffer_with_free_callback(
@@ -519,8 +563,7 @@ static enum MHD_Result queue(struct http *h, struct MHD_Connection *conn,
             resp->body = NULL; /* now owned by the response */
         }
     } else {
-        mr = MHD_create_response_from_buffer(0, NULL,
-                                             MHD_RESPMEM_PERSISTENT);
+        mr = MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT);
     }
     if (!mr) {
         log_error("cannot create a response (out of memory)");
@@ -653,8 +696,8 @@ static void access_log(const struct req *r, unsigned status, size_t route,
     log_kv(LOG_LEVEL_INFO, kv, "request");
 }
 
-static void completed_cb(void *cls, struct MHD_Connection *conn,
-                         void **con_cls, enum MHD_RequestTerminationCode toe)
+static void completed_cb(void *cls, struct MHD_Connection *conn, void **con_cls,
+                         enum MHD_RequestTerminationCode toe)
 {
     struct http *h = cls;
     struct req *r = *con_cls;
@@ -721,8 +764,7 @@ static unsigned cpu_count(void)
     return n > 0 ? (unsigned)n : 1;
 }
 
-int http_start(const struct config *cfg, struct api_ctx *ctx,
-               struct http **out)
+int http_start(const struct config *cfg, struct api_ctx *ctx, struct http **out)
 {
     struct http *h;
     struct sockaddr_in sin;
@@ -783,13 +825,11 @@ int http_start(const struct config *cfg, struct api_ctx *ctx,
     h->daemon = MHD_start_daemon(
         flags, cfg->listen_port, NULL, NULL, access_cb, h,
         MHD_OPTION_EXTERNAL_LOGGER, mhd_log, h, /* first: MHD wants it so */
-        MHD_OPTION_NOTIFY_COMPLETED, completed_cb, h,
-        MHD_OPTION_SOCK_ADDR, sa,
+        MHD_OPTION_NOTIFY_COMPLETED, completed_cb, h, MHD_OPTION_SOCK_ADDR, sa,
         MHD_OPTION_CONNECTION_LIMIT, (unsigned)cfg->max_connections,
         MHD_OPTION_PER_IP_CONNECTION_LIMIT,
-        (unsigned)cfg->max_connections_per_ip,
-        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->idle_timeout,
-        MHD_OPTION_ARRAY, extra, MHD_OPTION_END);
+        (unsigned)cfg->max_connections_per_ip, MHD_OPTION_CONNECTION_TIMEOUT,
+        (unsigned)cfg->idle_timeout, MHD_OPTION_ARRAY, extra, MHD_OPTION_END);
     if (!h->daemon) {
         err = errno ? -errno : -EIO;
         config_format_listen(cfg, cfg->listen_port, where, sizeof where);

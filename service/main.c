@@ -58,10 +58,10 @@
 #include "storage/crypto.h"
 #include "storage/sweeper.h"
 
-#define EXIT_CONFIG 2
+#define EXIT_CONFIG  2
 #define EXIT_RUNTIME 1
-#define OPENAPI_MAX (4u * 1024 * 1024)
-#define LOCK_NAME "LOCK"
+#define OPENAPI_MAX  (4u * 1024 * 1024)
+#define LOCK_NAME    "LOCK"
 
 /* mkdir -p path with mode for the directories it creates. 0 or -errno. */
 static int mkdir_p(const char *path, mode_t mode)
@@ -175,7 +175,8 @@ static int load_openapi(char **text, size_t *len)
         err = read_file(env, OPENAPI_MAX, text, len);
         if (err) {
             char eb[128];
-            fprintf(stderr, "proxycached: invalid PROXYCACHE_OPENAPI: cannot "
+            fprintf(stderr,
+                    "proxycached: invalid PROXYCACHE_OPENAPI: cannot "
                     "read it: %s\n",
                     err == -EFBIG ? "larger than 4 MiB"
                                   : strerror_r(-err, eb, sizeof eb));
@@ -235,8 +236,8 @@ static void check_fd_limit(const struct config *cfg)
         return;
     if ((rlim_t)cfg->max_connections + 64 > rl.rlim_cur)
         log_warn("--max-connections %u is close to or above the open-file "
-                 "limit %llu: raise ulimit -n", cfg->max_connections,
-                 (unsigned long long)rl.rlim_cur);
+                 "limit %llu: raise ulimit -n",
+                 cfg->max_connections, (unsigned long long)rl.rlim_cur);
 }
 
 /* Is a shutdown signal pending (checked between warm files)? */
@@ -355,14 +356,15 @@ int main(int argc, char **argv)
     }
     lock_fd = lock_data_dir(cfg.data_dir);
     if (lock_fd == -EWOULDBLOCK) {
-        fprintf(stderr, "proxycached: data directory %s is in use by "
-                "another instance\n", cfg.data_dir);
+        fprintf(stderr,
+                "proxycached: data directory %s is in use by "
+                "another instance\n",
+                cfg.data_dir);
         lock_fd = -1;
         goto out;
     }
     if (lock_fd < 0) {
-        log_error_errno(-lock_fd, "cannot lock %s/%s", cfg.data_dir,
-                        LOCK_NAME);
+        log_error_errno(-lock_fd, "cannot lock %s/%s", cfg.data_dir, LOCK_NAME);
         lock_fd = -1;
         goto out;
     }
@@ -429,8 +431,9 @@ int main(int argc, char **argv)
             break;
         }
     }
-    log_info("received %s: shutting down",
-             sig == SIGTERM ? "SIGTERM" : sig == SIGINT ? "SIGINT" : "a signal");
+    log_info("received %s: shutting down", sig == SIGTERM  ? "SIGTERM"
+                                           : sig == SIGINT ? "SIGINT"
+                                                           : "a signal");
     status = 0;
 
 out:

@@ -20,52 +20,50 @@
 #include "service/router.h"
 #include "storage/entry.h"
 
-#define ROUTE_MAX_SEGS 4
+#define ROUTE_MAX_SEGS     4
 #define ROUTE_MAX_BINDINGS 3
-#define SEG_KEY "{key}"
+#define SEG_KEY            "{key}"
 
 struct route {
     const char *pattern; /* also the route's name in metrics and logs */
     struct router_binding bindings[ROUTE_MAX_BINDINGS];
 };
 
-#define GET(fn, fl) {API_GET, fn, NULL, (fl)}
-#define POST(fn, fl) {API_POST, fn, NULL, (fl)}
-#define POST_STREAM(fn, fl) {API_POST, NULL, fn, (fl)}
-#define DELETE(fn, fl) {API_DELETE, fn, NULL, (fl)}
-
 /* The patterns, spelled once: used by the table and the names array. */
-#define P_PROXIES "/v1/proxies"
-#define P_PROXY "/v1/proxies/{key}"
+#define P_PROXIES      "/v1/proxies"
+#define P_PROXY        "/v1/proxies/{key}"
 #define P_PROXY_HEALTH "/v1/proxies/{key}/health"
-#define P_HEALTH_BULK "/v1/proxies/health"
-#define P_PICK "/v1/pick"
-#define P_WARM "/v1/warm"
-#define P_EXPORT "/v1/export"
-#define P_IMPORT "/v1/import"
-#define P_STATS "/v1/stats"
-#define P_METRICS "/metrics"
-#define P_HEALTHZ "/healthz"
-#define P_READYZ "/readyz"
-#define P_OPENAPI "/openapi.yaml"
+#define P_HEALTH_BULK  "/v1/proxies/health"
+#define P_PICK         "/v1/pick"
+#define P_WARM         "/v1/warm"
+#define P_EXPORT       "/v1/export"
+#define P_IMPORT       "/v1/import"
+#define P_STATS        "/v1/stats"
+#define P_METRICS      "/metrics"
+#define P_HEALTHZ      "/healthz"
+#define P_READYZ       "/readyz"
+#define P_OPENAPI      "/openapi.yaml"
 
 /* The API of SPEC §5. A binding list ends at the first empty binding. */
 static const struct route routes[] = {
     {P_PROXIES,
-     {POST(h_proxies_post, ROUTER_BODY_JSON), GET(h_proxies_list, 0),
-      DELETE(h_proxies_clear, 0)}},
-    {P_PROXY, {GET(h_proxy_get, 0), DELETE(h_proxy_delete, 0)}},
-    {P_PROXY_HEALTH, {POST(h_proxy_health, ROUTER_BODY_JSON)}},
-    {P_HEALTH_BULK, {POST(h_proxies_health_bulk, ROUTER_BODY_JSON)}},
-    {P_PICK, {GET(h_pick, 0)}},
-    {P_WARM, {POST_STREAM(h_warm_begin, ROUTER_BODY_LIST)}},
-    {P_EXPORT, {GET(h_export, 0)}},
-    {P_IMPORT, {POST_STREAM(h_import_begin, ROUTER_BODY_LIST)}},
-    {P_STATS, {GET(h_stats, 0)}},
-    {P_METRICS, {GET(h_metrics, ROUTER_PUBLIC)}},
-    {P_HEALTHZ, {GET(h_healthz, ROUTER_PUBLIC)}},
-    {P_READYZ, {GET(h_readyz, ROUTER_PUBLIC)}},
-    {P_OPENAPI, {GET(h_openapi, 0)}},
+     {{API_POST, h_proxies_post, NULL, ROUTER_BODY_JSON},
+      {API_GET, h_proxies_list, NULL, 0},
+      {API_DELETE, h_proxies_clear, NULL, 0}}},
+    {P_PROXY,
+     {{API_GET, h_proxy_get, NULL, 0}, {API_DELETE, h_proxy_delete, NULL, 0}}},
+    {P_PROXY_HEALTH, {{API_POST, h_proxy_health, NULL, ROUTER_BODY_JSON}}},
+    {P_HEALTH_BULK,
+     {{API_POST, h_proxies_health_bulk, NULL, ROUTER_BODY_JSON}}},
+    {P_PICK, {{API_GET, h_pick, NULL, 0}}},
+    {P_WARM, {{API_POST, NULL, h_warm_begin, ROUTER_BODY_LIST}}},
+    {P_EXPORT, {{API_GET, h_export, NULL, 0}}},
+    {P_IMPORT, {{API_POST, NULL, h_import_begin, ROUTER_BODY_LIST}}},
+    {P_STATS, {{API_GET, h_stats, NULL, 0}}},
+    {P_METRICS, {{API_GET, h_metrics, NULL, ROUTER_PUBLIC}}},
+    {P_HEALTHZ, {{API_GET, h_healthz, NULL, ROUTER_PUBLIC}}},
+    {P_READYZ, {{API_GET, h_readyz, NULL, ROUTER_PUBLIC}}},
+    {P_OPENAPI, {{API_GET, h_openapi, NULL, 0}}},
 };
 
 #define N_ROUTES (sizeof routes / sizeof routes[0])

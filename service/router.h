@@ -25,7 +25,7 @@
 #include "storage/entry.h"
 
 /* What a binding demands of a request. */
-#define ROUTER_PUBLIC 0x1    /* no bearer token needed */
+#define ROUTER_PUBLIC    0x1 /* no bearer token needed */
 #define ROUTER_BODY_JSON 0x2 /* Content-Type must be application/json */
 #define ROUTER_BODY_LIST 0x4 /* Content-Type: a proxy-list media type */
 
@@ -38,9 +38,9 @@ struct router_binding {
 };
 
 enum router_status {
-    ROUTER_OK = 0,           /* route and method found */
-    ROUTER_NOT_FOUND = 1,    /* no pattern matches the path: 404 */
-    ROUTER_NOT_ALLOWED = 2,  /* the path matches, the method does not: 405 */
+    ROUTER_OK = 0,          /* route and method found */
+    ROUTER_NOT_FOUND = 1,   /* no pattern matches the path: 404 */
+    ROUTER_NOT_ALLOWED = 2, /* the path matches, the method does not: 405 */
 };
 
 struct router_match {

@@ -365,6 +365,18 @@ void cache_note_tier_result(struct cache *c, enum cache_tier t, int err)
                         cache_tier_name(t), (unsigned)n);
 }
 
+/*
+ * A read's outcome: a failure counts like any other, but a successful read
+ * does not end a run of failures. A tier whose writes fail (disk full,
+ * read-only, locked) usually still answers reads, and those answers must not
+ * keep it from being marked degraded; only a successful write or probe does.
+ */
+static void note_read_result(struct cache *c, enum cache_tier t, int err)
+{
+    if (t != CACHE_L1 && is_failure(err))
+        cache_note_tier_result(c, t, err);
+}
+
 /* ------------------------------------------------------------------ */
 /* Keys, fences */
 
@@ -1000,8 +1012,7 @@ static int walk(struct cache *c, const char *key, int64_t now, bool count,
         if (!usable(c, t))
             continue;
         err = tr->ops->get(tr, key, &e);
-        if (t != CACHE_L1)
-            cache_note_tier_result(c, t, err);
+        note_read_result(c, t, err);
         if (err == 0 && t != CACHE_L1 && verify_tokens(c, e) != 0) {
             drop_bad_token(c, t, key);
             entry_unref(e);
@@ -1771,8 +1782,7 @@ int cache_list(struct cache *c, const struct tier_filter *f, unsigned tier_mask,
         err = tr->ops->scan(tr, f, after, fetch, collect_cb, &src[si]);
         if (src[si].err)
             err = src[si].err;
-        if (t != CACHE_L1)
-            cache_note_tier_result(c, t, err);
+        note_read_result(c, t, err);
         if (err) {
             rc = err;
             goto out;
@@ -1951,8 +1961,7 @@ int cache_pick(struct cache *c, const struct tier_filter *f, size_t count,
             tr->ops->sample(tr, &pf, per, rng_next(&rng), collect_cb, &got[t]);
         if (got[t].err)
             err = got[t].err;
-        if (t != CACHE_L1)
-            cache_note_tier_result(c, t, err);
+        note_read_result(c, t, err);
         err = 0; /* a failing tier only narrows the choice */
     }
     for (int t = 0; t < CACHE_NTIERS; t++)

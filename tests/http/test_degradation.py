@@ -461,6 +461,11 @@ def test_filesystem_turning_read_only(server_factory, tmp_path):
             assert summary["lacking"] > 0, (
                 f"no write acknowledged without l3 on a read-only file "
                 f"system: {summary}; stats {c.stats()['tiers']['l3']}")
+            # Nothing can be written to a read-only file system: a write
+            # that claims l2 or l3 claims what did not happen.
+            claims = sorted({t for tiers in during.values() for t in tiers})
+            assert claims == ["l1"], (
+                f"writes on a read-only file system claim tiers {claims}")
             problems = _degradation_problems(s, c, "l3", summary)
             if "l2" in _degraded(c):
                 problems += _degradation_problems(s, c, "l2", summary)

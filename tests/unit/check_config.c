@@ -173,9 +173,8 @@ START_TEST(test_all_flags)
              warm, "--log-level", "debug", "--log-format", "json",
              "--max-body-bytes", "1024", "--max-connections", "8",
              "--max-import-bytes", "2048", "--idle-timeout", "9",
-             "--max-connections-per-ip", "0", "--threading",
-             "per-connection", "--ephemeral-key", "--insecure-listen-any",
-             NULL),
+             "--max-connections-per-ip", "0", "--threading", "per-connection",
+             "--ephemeral-key", "--insecure-listen-any", NULL),
         0);
     ck_assert_str_eq(c.listen_addr, "127.0.0.2");
     ck_assert_uint_eq(c.listen_port, 0);
@@ -226,8 +225,7 @@ START_TEST(test_equals_syntax_and_log_levels)
     ck_assert_int_eq(c.log_level, LOG_LEVEL_ERROR);
     config_fini(&c);
     /* The last of a repeated single-valued flag wins. */
-    ck_assert_int_eq(load(&c, "--l2-capacity", "1", "--l2-capacity", "2",
-                          NULL),
+    ck_assert_int_eq(load(&c, "--l2-capacity", "1", "--l2-capacity", "2", NULL),
                      0);
     ck_assert_uint_eq(c.l2_capacity, 2);
     config_fini(&c);
@@ -291,9 +289,9 @@ START_TEST(test_boundaries_accepted)
 {
     struct config c;
 
-    ck_assert_int_eq(load(&c, "--l3-capacity", "0", "--max-body-bytes",
-                          "1024", "--default-ttl", "1", "--l1-capacity",
-                          "100000000", NULL),
+    ck_assert_int_eq(load(&c, "--l3-capacity", "0", "--max-body-bytes", "1024",
+                          "--default-ttl", "1", "--l1-capacity", "100000000",
+                          NULL),
                      0);
     ck_assert_uint_eq(c.l3_capacity, 0);
     ck_assert_uint_eq(c.max_body_bytes, 1024);
@@ -351,8 +349,7 @@ START_TEST(test_listen_valid)
     ck_assert_str_eq(c.listen_addr, "::1");
     ck_assert_uint_eq(c.listen_port, 65535);
     ck_assert(c.listen_loopback);
-    ck_assert_str_eq(config_format_listen(&c, 1, buf, sizeof buf),
-                     "[::1]:1");
+    ck_assert_str_eq(config_format_listen(&c, 1, buf, sizeof buf), "[::1]:1");
     config_fini(&c);
 
     ck_assert_int_eq(load(&c, "--listen", "localhost:8081", NULL), 0);
@@ -406,14 +403,13 @@ START_TEST(test_listen_any_needs_token)
                "loopback) without PROXYCACHE_API_TOKEN: set a token, or "
                "pass --insecure-listen-any",
                "--listen", "0.0.0.0:8080");
-    ck_invalid_prefix("proxycached: refusing to listen on [::]:80 ",
-                      "--listen", "[::]:80");
+    ck_invalid_prefix("proxycached: refusing to listen on [::]:80 ", "--listen",
+                      "[::]:80");
     ck_invalid_prefix("proxycached: refusing to listen on 10.0.0.1:80 ",
                       "--listen", "10.0.0.1:80");
 
-    ck_assert_int_eq(load(&c, "--listen", "0.0.0.0:8080",
-                          "--insecure-listen-any", NULL),
-                     0);
+    ck_assert_int_eq(
+        load(&c, "--listen", "0.0.0.0:8080", "--insecure-listen-any", NULL), 0);
     ck_assert(!c.listen_loopback);
     config_fini(&c);
 
@@ -510,9 +506,9 @@ START_TEST(test_source_ttl)
 {
     struct config c;
 
-    ck_assert_int_eq(load(&c, "--source-ttl", "a=10", "--source-ttl",
-                          "b c=20", "--source-ttl", "a=30", "--source-ttl",
-                          "x=y=40", NULL),
+    ck_assert_int_eq(load(&c, "--source-ttl", "a=10", "--source-ttl", "b c=20",
+                          "--source-ttl", "a=30", "--source-ttl", "x=y=40",
+                          NULL),
                      0);
     ck_assert_uint_eq(c.n_source_ttls, 3);
     ck_assert_str_eq(c.source_ttls[0].name, "a");
@@ -605,10 +601,9 @@ START_TEST(test_warm_files)
         ck_assert_int_eq(load(&c2, "--warm", a, "--warm", missing, NULL),
                          -EINVAL);
         /* the quoted value is capped, so compare the start and the end */
-        ck_assert_msg(strstr(errbuf, "No such file or directory") != NULL,
-                      "%s", errbuf);
-        ck_assert_msg(strncmp(errbuf, "proxycached: invalid --warm '", 29) ==
-                          0,
+        ck_assert_msg(strstr(errbuf, "No such file or directory") != NULL, "%s",
+                      errbuf);
+        ck_assert_msg(strncmp(errbuf, "proxycached: invalid --warm '", 29) == 0,
                       "%s", errbuf);
     }
     testutil_rmrf(dir);
@@ -626,8 +621,7 @@ START_TEST(test_bad_command_lines)
                "--help)",
                "--nope=secret");
     ck_invalid("proxycached: unknown option '-x' (see --help)", "-x");
-    ck_invalid("proxycached: option --listen requires an argument",
-               "--listen");
+    ck_invalid("proxycached: option --listen requires an argument", "--listen");
     ck_invalid("proxycached: unexpected argument 'extra' (see --help)",
                "extra");
     ck_invalid("proxycached: invalid --l1-capacity '--l2-capacity': not a "
@@ -656,19 +650,39 @@ START_TEST(test_help_and_version)
     size_t len = 0;
     FILE *f;
     static const char *const expected[] = {
-        "--listen ADDR:PORT", "--data-dir DIR", "--l1-capacity N",
-        "--l2-capacity N", "--l3-capacity N", "--default-ttl SECONDS",
-        "--source-ttl NAME=SECONDS", "--sweep-interval SECONDS",
-        "--failure-threshold N", "--warm FILE", "--log-level LEVEL",
-        "--log-format FORMAT", "--max-body-bytes N", "--max-connections N",
-        "--max-import-bytes N", "--idle-timeout SECONDS",
-        "--max-connections-per-ip N", "--threading MODE", "--ephemeral-key",
-        "--insecure-listen-any", "--help", "--version",
-        "PROXYCACHE_LISTEN", "PROXYCACHE_MAX_CONNECTIONS_PER_IP",
-        "PROXYCACHE_INSECURE_LISTEN_ANY", "PROXYCACHE_API_TOKEN",
-        "PROXYCACHE_ENCRYPTION_KEY", "PROXYWHIRL_CACHE_ENCRYPTION_KEY",
-        "default: 127.0.0.1:8080", "default: 16777216", "default: pool",
-        "default: 1073741824", "default: 3600",
+        "--listen ADDR:PORT",
+        "--data-dir DIR",
+        "--l1-capacity N",
+        "--l2-capacity N",
+        "--l3-capacity N",
+        "--default-ttl SECONDS",
+        "--source-ttl NAME=SECONDS",
+        "--sweep-interval SECONDS",
+        "--failure-threshold N",
+        "--warm FILE",
+        "--log-level LEVEL",
+        "--log-format FORMAT",
+        "--max-body-bytes N",
+        "--max-connections N",
+        "--max-import-bytes N",
+        "--idle-timeout SECONDS",
+        "--max-connections-per-ip N",
+        "--threading MODE",
+        "--ephemeral-key",
+        "--insecure-listen-any",
+        "--help",
+        "--version",
+        "PROXYCACHE_LISTEN",
+        "PROXYCACHE_MAX_CONNECTIONS_PER_IP",
+        "PROXYCACHE_INSECURE_LISTEN_ANY",
+        "PROXYCACHE_API_TOKEN",
+        "PROXYCACHE_ENCRYPTION_KEY",
+        "PROXYWHIRL_CACHE_ENCRYPTION_KEY",
+        "default: 127.0.0.1:8080",
+        "default: 16777216",
+        "default: pool",
+        "default: 1073741824",
+        "default: 3600",
     };
 
     ck_assert_int_eq(load(&c, "--help", NULL), CONFIG_SHOW_HELP);
@@ -683,8 +697,8 @@ START_TEST(test_help_and_version)
     config_usage(f);
     fclose(f);
     for (size_t i = 0; i < sizeof expected / sizeof expected[0]; i++)
-        ck_assert_msg(strstr(buf, expected[i]) != NULL,
-                      "--help lacks '%s'", expected[i]);
+        ck_assert_msg(strstr(buf, expected[i]) != NULL, "--help lacks '%s'",
+                      expected[i]);
     free(buf);
 }
 END_TEST
@@ -699,8 +713,8 @@ START_TEST(test_token_validation)
                "--l1-capacity", "1");
     ck_assert_ptr_null(strstr(errbuf, "has space"));
     env_set("PROXYCACHE_API_TOKEN", "line\nbreak");
-    ck_invalid_prefix("proxycached: invalid PROXYCACHE_API_TOKEN:",
-                      "--l1-capacity", "1");
+    ck_invalid_prefix(
+        "proxycached: invalid PROXYCACHE_API_TOKEN:", "--l1-capacity", "1");
 }
 END_TEST
 
