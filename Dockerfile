@@ -29,7 +29,7 @@ ENV PROXYCACHE_LISTEN=0.0.0.0:8080 \
 USER proxycache
 VOLUME ["/var/lib/proxycache"]
 EXPOSE 8080
-HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
+HEALTHCHECK --interval=10s --timeout=3s --retries=3 \
   CMD ["curl", "-fsS", "-o", "/dev/null", "http://127.0.0.1:8080/healthz"]
 # Exec form: proxycached is PID 1 and receives SIGTERM directly.
 ENTRYPOINT ["/usr/local/bin/proxycached"]

@@ -26,6 +26,13 @@ step() {
     fi
 }
 
+# with_env "A=1 B=2" CMD...: run CMD (a command or a function of this
+# script) in a subshell with those variables exported.
+with_env() {
+    local vars=$1; shift
+    ( for kv in $vars; do export "${kv?}"; done; "$@" )
+}
+
 unit_tests() { # BUILD_DIR
     make -C "$1" -s -j"$(nproc)" check || { cat "$1"/tests/unit/*.log 2>/dev/null | tail -200; return 1; }
     grep -h -E '^[0-9]+%: Checks' "$1"/tests/unit/*.log || true
@@ -58,13 +65,15 @@ step "openapi lint (redocly)" openapi_lint
 if [ "${QUICK:-0}" != 1 ]; then
     # 3. ASan + UBSan (clang).
     step "build (clang ASan+UBSan)" env CC=clang scripts/build.sh build-asan --enable-sanitizers=address,undefined
-    step "unit tests (ASan+UBSan)" env ASAN_OPTIONS=detect_leaks=1 CK_TIMEOUT_MULTIPLIER=4 unit_tests build-asan
-    step "black-box HTTP suite (ASan+UBSan)" env ASAN_OPTIONS=detect_leaks=0 PROXYCACHE_TEST_SLOW_FACTOR=3 \
+    step "unit tests (ASan+UBSan)" with_env "ASAN_OPTIONS=detect_leaks=1 CK_TIMEOUT_MULTIPLIER=4" \
+        unit_tests build-asan
+    step "black-box HTTP suite (ASan+UBSan)" with_env "ASAN_OPTIONS=detect_leaks=0" \
         pytest_http "$top/build-asan/proxycached" -m "not slow"
     # 4. ThreadSanitizer (clang).
     step "build (clang TSan)" env CC=clang scripts/build.sh build-tsan --enable-sanitizers=thread
-    step "unit tests (TSan)" env TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" CK_TIMEOUT_MULTIPLIER=6 unit_tests build-tsan
-    step "concurrency tests over HTTP (TSan)" env TSAN_OPTIONS="halt_on_error=1 exitcode=66" PROXYCACHE_TEST_SLOW_FACTOR=6 \
+    step "unit tests (TSan)" with_env "TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 CK_TIMEOUT_MULTIPLIER=6" \
+        unit_tests build-tsan
+    step "concurrency tests over HTTP (TSan)" with_env "TSAN_OPTIONS=halt_on_error=1:exitcode=66" \
         pytest_http "$top/build-tsan/proxycached" -k "concurren or parallel or kill"
 fi
 
