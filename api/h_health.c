@@ -186,8 +186,6 @@ struct bulk_counts {
 static void put_item_error(struct jbuf *b, size_t index, const char *key,
                            const char *field, const char *reason)
 {
-    size_t n;
-
     jbuf_put(b, "{\"index\":", 9);
     jbuf_put_u64(b, index);
     if (key) {
@@ -199,14 +197,7 @@ static void put_item_error(struct jbuf *b, size_t index, const char *key,
     /* field is always present; a storage failure names "storage". */
     if (!field || !*field)
         field = "storage";
-    n = strnlen(field, 129);
-    if (n > 128) {
-        n = 128;
-        while (n > 0 && ((unsigned char)field[n] & 0xc0) == 0x80)
-            n--;
-    }
-    jbuf_put(b, "\"field\":", 8);
-    jbuf_put_jstr(b, field, n);
+    jbuf_put_field(b, field);
     jbuf_putc(b, ',');
     jbuf_put(b, "\"reason\":", 9);
     jbuf_put_jstr(b, reason, strlen(reason));

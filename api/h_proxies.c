@@ -32,26 +32,12 @@
 #define LIST_LIMIT_MAX 1000
 #define LIST_LIMIT_DEFAULT 100
 
-/* "field":"...", bounded (an unknown member name is echoed). */
-static void put_field(struct jbuf *b, const char *field)
-{
-    size_t n = strnlen(field, 129);
-
-    if (n > 128) {
-        n = 128;
-        while (n > 0 && ((unsigned char)field[n] & 0xc0) == 0x80)
-            n--;
-    }
-    jbuf_put(b, "\"field\":", 8);
-    jbuf_put_jstr(b, field, n);
-}
-
 /* "error":{"field":...,"reason":...}; field is always present (a storage
  * failure of a valid item names "storage"). */
 static void put_error(struct jbuf *b, const char *field, const char *reason)
 {
     jbuf_put(b, "\"error\":{", 9);
-    put_field(b, field && *field ? field : "storage");
+    jbuf_put_field(b, field && *field ? field : "storage");
     jbuf_putc(b, ',');
     jbuf_put(b, "\"reason\":", 9);
     jbuf_put_jstr(b, reason, strlen(reason));

@@ -1192,3 +1192,16 @@ int api_cursor_decode(const char *cursor, char key[ENTRY_KEY_LEN + 1])
     memcpy(key, raw, ENTRY_KEY_LEN + 1);
     return 0;
 }
+
+void jbuf_put_field(struct jbuf *b, const char *field)
+{
+    size_t n = strnlen(field, 129);
+
+    if (n > 128) {
+        n = 128;
+        while (n > 0 && ((unsigned char)field[n] & 0xc0) == 0x80)
+            n--;
+    }
+    jbuf_put(b, "\"field\":", 8);
+    jbuf_put_jstr(b, field, n);
+}

@@ -57,6 +57,9 @@ void jbuf_put_i64(struct jbuf *b, int64_t v);
 /* s as a JSON string literal with quotes; invalid UTF-8 bytes become
  * U+FFFD, control characters are escaped. */
 void jbuf_put_jstr(struct jbuf *b, const char *s, size_t len);
+/* "field":"<name>" with the name cut at 128 bytes on a UTF-8 boundary (an
+ * unknown member name from a request is echoed, so it is bounded). */
+void jbuf_put_field(struct jbuf *b, const char *field);
 /* RFC 3339 time as a JSON string. */
 void jbuf_put_time(struct jbuf *b, int64_t ms);
 static inline int jbuf_failed(const struct jbuf *b)
