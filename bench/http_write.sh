@@ -55,10 +55,14 @@ python3 -c "
 import sys
 w=sys.stdout.write
 for i in range($big): w(f'http://10.{i>>16&255}.{i>>8&255}.{i&255}:{1024+i%60000}\n')" >"$work/big.txt"
+python3 -c "
+import json,sys
+w=sys.stdout.write
+for i in range($big): w(json.dumps({'proxy_url':f'http://10.{i>>16&255}.{i>>8&255}.{i&255}:{1024+i%60000}','latency_ms':i%9000,'country':'US'})+'\n')" >"$work/big.jsonl"
 ls -l "$work/big.txt" | awk '{print "input bytes:", $5}'
 start "$work/d3" >/dev/null
 t0=$(date +%s%N)
-curl -fs -o "$work/warm.json" -H 'Content-Type: text/plain' -T "$work/big.txt" -X POST "http://127.0.0.1:$port/v1/warm"
+curl -fs -o "$work/warm.json" -H 'Content-Type: application/x-ndjson' -T "$work/big.jsonl" -X POST "http://127.0.0.1:$port/v1/warm"
 t=$(( ($(date +%s%N) - t0) / 1000000 ))
 echo "$big in $t ms ($(( big * 1000 / (t + 1) ))/s): $(head -c 200 "$work/warm.json")"
 echo "== export of $big entries (rate, peak RSS)"
@@ -70,6 +74,15 @@ rss1=$(awk '/VmHWM/ {print $2}' /proc/$pid/status)
 echo "export: $t ms; RSS before ${rss0} kB, peak (VmHWM) ${rss1} kB"
 stop
 echo "bytes on disk for $big entries: $(du -sb "$work/d3" | cut -f1)"
+
+echo "== pick over HTTP with $big entries (wrk -t2 -c64, ${dur}s each)"
+start "$work/d3" >/dev/null
+for q in "count=1" "count=10" "count=10&protocol=http&max_latency_ms=5000"; do
+    echo "-- /v1/pick?$q"
+    wrk -t2 -c64 -d"${dur}s" --latency "http://127.0.0.1:$port/v1/pick?$q" \
+        | grep -E 'Requests/sec|50%|99%|Non-2xx' || true
+done
+stop
 
 echo "== start-up to /readyz with $big entries in L3"
 for run in 1 2 3; do
