@@ -30,16 +30,18 @@ wrk_run() { # URL CONNS [LUA]
 }
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
+# Start the cache in THREADING mode and fill L1; sets $port and $key (no
+# command substitution: the server must not hold a captured stdout open).
 start_cache() { # THREADING
-    local port; port=$(free_port)
+    port=$(free_port)
     rm -rf "$work/data"
     "$bin" --listen "127.0.0.1:$port" --data-dir "$work/data" --log-level warn \
         --threading "$1" --max-connections 2048 --max-connections-per-ip 2048 \
-        2>"$work/cache.log" &
+        >/dev/null 2>"$work/cache.log" &
     pids+=($!)
     wait_http "http://127.0.0.1:$port/healthz"
     # Fill L1 with 500 entries; remember their keys for the wrk script.
-    python3 - "$port" "$work/keys.lua" <<'PY'
+    key=$(python3 - "$port" "$work/keys.lua" <<'PY'
 import json, sys, urllib.request
 port, out = sys.argv[1], sys.argv[2]
 items = [{"proxy_url": f"http://10.{i//250}.{i%250}.1:8080", "source": "bench",
@@ -53,7 +55,7 @@ with open(out, "w") as f:
             " return wrk.format('GET', '/v1/proxies/' .. keys[i])\nend\n")
 print(keys[0])
 PY
-    echo "$port"
+)
 }
 
 results="$work/results"; : >"$results"
@@ -61,7 +63,7 @@ record() { echo "$1 $2 $3 $4" >>"$results"; } # server conns rps p99
 
 # Reference 1: nginx serving a fixed body of the same size.
 for mode in pool per-connection; do
-    out=$(start_cache "$mode"); port=$(tail -1 <<<"$out"); key=$(head -1 <<<"$out")
+    start_cache "$mode"
     curl -fs "http://127.0.0.1:$port/v1/proxies/$key" >"$work/body.json"
     for c in 8 64 256; do
         for _ in $(seq 1 "$runs"); do
@@ -93,7 +95,7 @@ http {
   server { listen 127.0.0.1:$nport; location / { include $work/nginx/body.conf; } }
 }
 NGX
-nginx -c "$work/nginx/nginx.conf" -p "$work/nginx" &
+nginx -c "$work/nginx/nginx.conf" -p "$work/nginx" >/dev/null 2>&1 &
 pids+=($!)
 wait_http "http://127.0.0.1:$nport/"
 for c in 8 64 256; do
@@ -105,7 +107,7 @@ done
 
 # Reference 2: Redis GET, non-pipelined, 64 clients, value of the same size.
 rport=$(free_port)
-redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no --daemonize no >/dev/null &
+redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no --daemonize no >/dev/null 2>&1 &
 pids+=($!)
 for _ in $(seq 1 100); do redis-cli -p "$rport" ping >/dev/null 2>&1 && break; sleep 0.05; done
 for _ in $(seq 1 "$runs"); do
