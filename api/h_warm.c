@@ -332,20 +332,6 @@ static const char *check_tokens(struct warm *w, const char *ut,
 /* ---- warm records ---- */
 
 /* Quote a URL in a reason: no userinfo, bounded. */
-static void quote_url(const char *url, char *out, size_t len)
-{
-    size_t n;
-
-    problem_strip_userinfo(url ? url : "", out, len);
-    n = strlen(out);
-    if (n > 80) {
-        n = 80;
-        while (n > 0 && ((unsigned char)out[n] & 0xc0) == 0x80)
-            n--;
-        memcpy(out + n, "...", 4);
-    }
-}
-
 /* Optional metadata of a record (lenient: unusable values are ignored,
  * since scraped lists are messy; the URL is what matters). */
 static void record_metadata(const struct formats_record *rec, struct entry *e,
@@ -414,7 +400,6 @@ static int on_record(void *arg, const struct formats_record *rec)
     struct warm *w = arg;
     struct entry_url u;
     struct entry *e = NULL;
-    char quoted[128];
     const char *why = NULL, *source;
     unsigned fields = CACHE_F_FETCH_TIME | CACHE_F_TTL;
     int64_t now = clock_now_ms(), ttl;
@@ -424,8 +409,8 @@ static int on_record(void *arg, const struct formats_record *rec)
     memset(&u, 0, sizeof u);
     if (!rec->proxy_url ||
         entry_url_parse(rec->proxy_url, rec->default_scheme, &u, &why)) {
-        quote_url(rec->proxy_url, quoted, sizeof quoted);
-        add_error(w, rec->line, "invalid proxy URL \"%s\": %s", quoted,
+        /* Never quoted: see fail_url() in json_io.c. */
+        add_error(w, rec->line, "invalid proxy URL: %s",
                   why ? why : "malformed");
         goto out;
     }

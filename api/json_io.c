@@ -20,9 +20,11 @@
 #include "config.h"
 
 #include <errno.h>
+#include <malloc.h>
 #include <inttypes.h>
 #include <math.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -43,7 +45,6 @@
 #define LATENCY_MAX_MS 3600000.0              /* one hour */
 #define CREDENTIAL_MAX 1024                   /* bytes, each */
 #define FUTURE_SKEW_MS INT64_C(300000)        /* fetch_time tolerance */
-#define URL_QUOTE_MAX 120                     /* URL quoted in a reason */
 
 /* ------------------------------------------------------------------ */
 /* jbuf                                                                */
@@ -584,21 +585,11 @@ static int check_credential(json_t *v, const char *field, struct problem *p)
 }
 
 /* Reason for a bad proxy URL, quoting it without userinfo, shortened. */
-static int fail_url(struct problem *p, const char *url, const char *why)
+/* An unparsable URL is never quoted: without a successful parse nothing
+ * says which part is a credential ("host:port:user:pass" has no '@'). */
+static int fail_url(struct problem *p, const char *why)
 {
-    char quoted[ENTRY_URL_MAX];
-    size_t n;
-
-    problem_strip_userinfo(url, quoted, sizeof quoted);
-    n = strlen(quoted);
-    if (n > URL_QUOTE_MAX) {
-        n = URL_QUOTE_MAX;
-        /* Cut on a UTF-8 character boundary. */
-        while (n > 0 && ((unsigned char)quoted[n] & 0xc0) == 0x80)
-            n--;
-        memcpy(quoted + n, "...", 4);
-    }
-    return fail(p, "proxy_url", "invalid proxy URL \"%s\": %s", quoted,
+    return fail(p, "proxy_url", "invalid proxy URL: %s",
                 why ? why : "malformed");
 }
 
@@ -854,7 +845,7 @@ int json_io_entry_from_json(struct api_ctx *ctx, json_t *obj,
         goto out;
     }
     if (entry_url_parse(url, -1, &u, &why)) {
-        err = fail_url(p, url, why);
+        err = fail_url(p, why);
         goto out;
     }
 
@@ -996,20 +987,88 @@ int api_require_json(const struct api_request *req, struct api_response *resp)
     return -EINVAL;
 }
 
+/*
+ * jansson's allocator (installed once by json_io_install_allocator(), before
+ * any thread starts).
+ *  - Every block jansson frees is wiped first: request JSON may carry
+ *    plain-text credentials, and the parser's internal buffers and strings
+ *    are freed on every path, including early rejections.
+ *  - While a request body is parsed, the thread has an allocation budget
+ *    (a multiple of the body size, capped), so that a small body of tiny
+ *    values ("[0,0,0,...]" expands ~20x into a tree) cannot take hundreds
+ *    of MiB per request. These two thread-locals are the only per-thread
+ *    state in api/; they are reset around each parse.
+ */
+static _Thread_local size_t jbudget; /* 0: no budget */
+static _Thread_local size_t jused;
+static _Thread_local bool jrefused; /* the budget refused an allocation */
+
+#define PARSE_BUDGET_FACTOR 8
+#define PARSE_BUDGET_SLACK ((size_t)4 << 20)
+#define PARSE_BUDGET_MAX ((size_t)64 << 20)
+
+static void *jalloc(size_t n)
+{
+    void *p;
+
+    if (jbudget && (n > jbudget || jused > jbudget - n)) {
+        jrefused = true;
+        return NULL;
+    }
+    p = malloc(n);
+    if (p && jbudget)
+        jused += malloc_usable_size(p);
+    return p;
+}
+
+static void jfree(void *p)
+{
+    size_t n;
+
+    if (!p)
+        return;
+    n = malloc_usable_size(p);
+    jused = jused > n ? jused - n : 0;
+    OPENSSL_cleanse(p, n);
+    free(p);
+}
+
+void json_io_install_allocator(void)
+{
+    json_set_alloc_funcs(jalloc, jfree);
+}
+
 json_t *api_parse_body(const struct api_request *req,
                        struct api_response *resp)
 {
     json_error_t jerr;
     const char *why;
     json_t *root;
+    size_t budget;
 
     if (!req->body || req->body_len == 0) {
         problem_respond(resp, 400, "body", "the request body is empty");
         return NULL;
     }
+    budget = req->body_len > (PARSE_BUDGET_MAX - PARSE_BUDGET_SLACK) /
+                                 PARSE_BUDGET_FACTOR
+                 ? PARSE_BUDGET_MAX
+                 : req->body_len * PARSE_BUDGET_FACTOR + PARSE_BUDGET_SLACK;
+    jused = 0;
+    jrefused = false;
+    jbudget = budget;
     root = json_loadb(req->body, req->body_len, JSON_REJECT_DUPLICATES, &jerr);
+    jbudget = 0;
     if (root)
         return root;
+    if (jrefused) {
+        /* jansson may report the refusal as any error: the flag decides. */
+        problem_respond(resp, 413, "body",
+                        "the JSON document expands beyond %zu bytes in "
+                        "memory: send fewer values per request",
+                        budget);
+        return NULL;
+    }
     /* jerr.text may quote the body (credentials): never echo it. */
     switch (json_error_code(&jerr)) {
     case json_error_out_of_memory:

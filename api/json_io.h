@@ -101,4 +101,8 @@ int json_io_entry_from_json(struct api_ctx *ctx, json_t *obj,
  * '?'); NULL only on ENOMEM. New reference. */
 json_t *json_io_string(const char *s);
 
+/* Install the wiping, budgeted jansson allocator; call once in main before
+ * any thread starts and before any jansson use. */
+void json_io_install_allocator(void);
+
 #endif

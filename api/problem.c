@@ -15,6 +15,7 @@
  */
 #include "config.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -298,8 +299,8 @@ void problem_respond_errno(struct api_response *resp, int err,
 
 void problem_strip_userinfo(const char *url, char *out, size_t len)
 {
-    const char *auth, *at, *q;
-    size_t pre;
+    const char *at = NULL, *sep, *c;
+    size_t pre = 0;
 
     if (!out || len == 0)
         return;
@@ -307,20 +308,25 @@ void problem_strip_userinfo(const char *url, char *out, size_t len)
         out[0] = '\0';
         return;
     }
-    auth = strstr(url, "://");
-    auth = auth ? auth + 3 : url;
-    /* The last '@' anywhere after the scheme: a password may itself hold
-     * '/', '?' or '#' unencoded, so the authority's end cannot be
-     * trusted to bound it. Proxy URLs have no path that could hold '@'. */
-    at = NULL;
-    for (q = auth; *q; q++) {
-        if (*q == '@')
-            at = q;
-    }
+    /* The last '@' anywhere: a password may hold '/', '?', '#' or even
+     * "://" unencoded, and an input may have no scheme at all, so nothing
+     * before that '@' can be trusted to be anything but userinfo. */
+    for (c = url; *c; c++)
+        if (*c == '@')
+            at = c;
     if (!at) {
         snprintf(out, len, "%s", url);
         return;
     }
-    pre = (size_t)(auth - url);
-    snprintf(out, len, "%.*s%s", (int)(pre < 4096 ? pre : 4096), url, at + 1);
+    /* Keep a prefix only if it is a real scheme ending before that '@'. */
+    sep = strstr(url, "://");
+    if (sep && sep < at && sep > url && isalpha((unsigned char)url[0])) {
+        for (c = url; c < sep && (isalnum((unsigned char)*c) || *c == '+' ||
+                                  *c == '-' || *c == '.');
+             c++)
+            ;
+        if (c == sep)
+            pre = (size_t)(sep + 3 - url);
+    }
+    snprintf(out, len, "%.*s%s", (int)(pre < 64 ? pre : 0), url, at + 1);
 }

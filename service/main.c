@@ -32,6 +32,8 @@
 #include <limits.h>
 #include <pthread.h>
 #include <signal.h>
+
+#include <openssl/crypto.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -47,6 +49,7 @@
 
 #define LOG_MODULE "main"
 #include "api/api.h"
+#include "api/json_io.h"
 #include "api/metrics.h"
 #include "common/clock.h"
 #include "common/log.h"
@@ -283,6 +286,28 @@ static void warm_files(const struct config *cfg, struct api_ctx *ctx,
     cache_set_warming(ctx->cache, false);
 }
 
+/*
+ * The configuration holds its own copies of the API token and the
+ * encryption keys: wipe the environment's, so that they are not readable in
+ * /proc/<pid>/environ nor inherited by anything this process starts.
+ */
+static void scrub_secret_env(void)
+{
+    static const char *const names[] = {
+        "PROXYCACHE_API_TOKEN",
+        "PROXYCACHE_ENCRYPTION_KEY",
+        "PROXYWHIRL_CACHE_ENCRYPTION_KEY",
+    };
+
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        char *v = getenv(names[i]);
+        if (v) {
+            OPENSSL_cleanse(v, strlen(v));
+            unsetenv(names[i]);
+        }
+    }
+}
+
 int main(int argc, char **argv)
 {
     struct config cfg;
@@ -317,10 +342,12 @@ int main(int argc, char **argv)
         return EXIT_CONFIG;
     }
     have_cfg = true;
+    scrub_secret_env();
     log_set_level(cfg.log_level);
     log_set_format(cfg.log_format);
 
     /* Before any thread exists. */
+    json_io_install_allocator();
     json_object_seed(0);
     if (!sqlite3_threadsafe()) {
         log_error("SQLite was built without thread safety "
