@@ -33,21 +33,23 @@
  *    evictions{corruption}: one per corrupt copy removed (-EBADMSG from a
  *    tier, or a token no key verifies).
  *
- * Cross-tier ordering without locks ("fences"). The manager holds no lock
- * while calling a tier, so a reader promoting an old copy from L3 could
- * overwrite, in L1, the new version a concurrent writer just put there. Each
- * key hashes to one of NFENCE fence words: (completed writes << 32) | active
- * writers. Every mutation (upsert, health, delete, clear) brackets its tier
- * calls with fence_begin/fence_end. A reader snapshots the word before it
- * looks below L1; it promotes only if no writer was active then, and if the
- * word changed by the time its puts are done it removes what it promoted
- * (a cache copy; the writer's version is in L3). Lazy expiry must not
- * delete from L3 a fresh version a writer just committed: the reader
- * announces the delete (dels++) and re-reads the fence word, the writer
- * bumps the fence word and then reads dels (both seq_cst: Dekker), so either
- * the reader sees the writer and skips its delete (the sweeper removes the
- * expired row later) or the writer sees the delete in flight, waits for it
- * after its commit and writes its entries again.
+ * Cross-tier ordering between readers and writers ("fences"). Readers hold
+ * no lock while calling a tier (writers serialise among themselves on the
+ * wmu stripes, see Thread-safety), so a reader promoting an old copy from L3
+ * could overwrite, in L1, the new version a concurrent writer just put
+ * there. Each key hashes to one of NFENCE fence words, each holding
+ * (completed writes << 32) | active writers. Every mutation (upsert,
+ * health, delete, clear) brackets its tier calls with fence_begin/fence_end.
+ * A reader snapshots the word before it looks below L1; it promotes only
+ * if no writer was active then, and if the word changed by the time its
+ * puts are done it removes what it promoted (a cache copy; the writer's
+ * version is in L3). Lazy expiry must not delete from L3 a fresh version a
+ * writer just committed: the reader announces the delete (dels++) and
+ * re-reads the fence word, the writer bumps the fence word and then reads
+ * dels (both seq_cst: Dekker), so either the reader sees the writer and
+ * skips its delete (the sweeper removes the expired row later) or the
+ * writer sees the delete in flight, waits for it after its commit and
+ * writes its entries again.
  *
  * Pending L3 writes. A write whose L3 part fails (or while L3 is degraded)
  * is accepted in L1/L2 and its L3 operation (put, delete or clear) goes to
@@ -56,8 +58,11 @@
  * is the newest state L3 should have). Writers do not write L3 directly
  * while the map is not empty: the first one that gets the replay flag
  * drains the map into L3 (the queued clear first, then each key's last
- * operation, puts in batches), the others queue behind it, so a replayed old
- * value can never overwrite a newer direct write. cache_maintain drains it too.
+ * operation, puts in batches); the others wait for that replay to end
+ * (bounded: REPLAY_WAIT_MS, then they queue behind it) and write L3
+ * directly once the map is empty, so a replayed old value can never
+ * overwrite a newer direct write and a healthy L3 is not bypassed.
+ * cache_maintain drains it too.
  *
  * Writes (upsert): each distinct key of the batch is looked up (no access
  * counted) and merged as if the items were written one after the other;
@@ -82,17 +87,39 @@
  * everything, i.e. L3 is up with no pending writes).
  *
  * Access statistics live on the (immutable otherwise) entry as atomics and
- * travel with it: into L2 on demotion, into L3 on writes and health reports,
+ * travel with it: into L2 on demotion (only when L2 has no copy of the key;
+ * a copy there is kept with its own statistics, since it may be a newer
+ * version), into L3 on writes and health reports,
  * and at cache_close L1's statistics are written back to L3/L2 for entries
  * whose stored version is unchanged. A crash loses the statistics gathered
  * since the last write of an entry.
  *
  * Thread-safety: every function may be called from any thread. Counters
  * are _Atomic (hits/misses striped per thread to keep the L1 hit path free
- * of a shared read-modify-write). Locks: pmu (the pending map) is the only
- * manager lock, a leaf: no tier is called and no other lock is taken while
- * it is held. Entries that may hold their last reference are released
- * after unlocking. Callbacks run with no manager lock held.
+ * of a shared read-modify-write). Locks, in the order they are taken:
+ *  0. wgate, a rwlock: every write takes it shared before its stripes;
+ *     clear, and a batch spanning more than WSET_MAX_STRIPES stripes, take
+ *     it exclusively instead of any stripe (so no thread ever holds more
+ *     than WSET_MAX_STRIPES + 1 locks).
+ *  1. wmu[NFENCE], the writer mutexes, striped like the fences (same key
+ *     hash). wmu[i] serialises the writes (upsert, health report, delete,
+ *     clear) to the keys of stripe i: each one holds it around its whole
+ *     read-merge-write, so two writes to one key never interleave (no lost
+ *     read-modify-write such as a failure_count increment, and the tiers
+ *     receive one key's versions in the same order: L1, L2 and L3 end with
+ *     the same version). An upsert locks the distinct stripes of its batch
+ *     in ascending index order (or takes wgate exclusively, see 0); clear
+ *     takes wgate exclusively; health and delete lock one. This is the one place where the manager holds a
+ *     lock while calling tiers: per-key ordering of writes across tiers
+ *     needs it, and the fences alone only tell readers about writers.
+ *     Readers (get, list, pick), sweep, maintain, the pending-queue replay
+ *     and the L3 writer thread never take wmu, so a slow write only delays
+ *     writes to the same stripes.
+ *  2. pmu (the pending map), a leaf among the manager's locks: no tier is
+ *     called and no other manager lock is taken while it is held.
+ *  3. the tiers' internal locks (taken inside tier ops).
+ * Entries that may hold their last reference are released after
+ * unlocking. Callbacks run with no manager lock held.
  *
  * Ownership: entries returned are new references; entries passed in are
  * borrowed (upsert copies them with entry_dup before anything is stored).
@@ -130,6 +157,7 @@
 #define FENCE_ACTIVE    0xffffffffULL /* low half: active writers */
 #define FENCE_END       ((1ULL << 32) - 1) /* completed + 1, active - 1 */
 #define DEL_WAIT_SPINS  50000              /* ~5 s of 100 µs naps */
+#define REPLAY_WAIT_MS  1000               /* a writer waits for a replay */
 #define PC_STRIPES      8u
 #define PICK_SAMPLE_MIN 64u
 #define PICK_SAMPLE_MAX 1024u
@@ -232,6 +260,14 @@ struct cache {
     const struct crypto_keyring *ring; /* borrowed */
 
     struct fence fences[NFENCE];
+
+    /* wmu[i] serialises writes to the keys of stripe i (see the file
+     * comment for the order: wmu ascending -> pmu -> tier locks). */
+    pthread_mutex_t wmu[NFENCE];
+    /* wgate: shared by every write that locks stripes, exclusive for clear
+     * and for batches spanning more than WSET_MAX_STRIPES stripes. Taken
+     * before any wmu. */
+    pthread_rwlock_t wgate;
 
     /* pmu guards cur and inflight (leaf lock). inflight is the map being
      * replayed: only the replayer (holder of `replaying`) changes it, with
@@ -412,9 +448,73 @@ static bool key_ok(const char *key)
     return key[ENTRY_KEY_LEN] == '\0';
 }
 
+static size_t stripe_of(const char *key)
+{
+    return (size_t)(key_hash(key) & (NFENCE - 1));
+}
+
 static struct fence *fence_of(struct cache *c, const char *key)
 {
-    return &c->fences[key_hash(key) & (NFENCE - 1)];
+    return &c->fences[stripe_of(key)];
+}
+
+/* A set of writer stripes, locked and unlocked in ascending order. */
+struct wset {
+    uint64_t bits[NFENCE / 64];
+};
+
+static void wset_add(struct wset *w, const char *key)
+{
+    size_t i = stripe_of(key);
+    w->bits[i / 64] |= 1ULL << (i % 64);
+}
+
+/* Number of stripes in w. */
+static size_t wset_count(const struct wset *w)
+{
+    size_t n = 0;
+
+    for (size_t i = 0; i < NFENCE / 64; i++)
+        n += (size_t)__builtin_popcountll(w->bits[i]);
+    return n;
+}
+
+/* A batch spanning more stripes than this takes the writer gate exclusively
+ * instead of its stripes: it then holds one lock, not hundreds (thread
+ * sanitizers cap the locks a thread may hold, and so should we). */
+#define WSET_MAX_STRIPES 32
+
+static void wset_lock(struct cache *c, const struct wset *w)
+{
+    if (wset_count(w) > WSET_MAX_STRIPES) {
+        pthread_rwlock_wrlock(&c->wgate);
+        return;
+    }
+    pthread_rwlock_rdlock(&c->wgate);
+    for (size_t i = 0; i < NFENCE; i++)
+        if (w->bits[i / 64] & (1ULL << (i % 64)))
+            pthread_mutex_lock(&c->wmu[i]);
+}
+
+static void wset_unlock(struct cache *c, const struct wset *w)
+{
+    if (wset_count(w) <= WSET_MAX_STRIPES)
+        for (size_t i = NFENCE; i-- > 0;)
+            if (w->bits[i / 64] & (1ULL << (i % 64)))
+                pthread_mutex_unlock(&c->wmu[i]);
+    pthread_rwlock_unlock(&c->wgate);
+}
+
+static void wmu_lock_key(struct cache *c, const char *key)
+{
+    pthread_rwlock_rdlock(&c->wgate);
+    pthread_mutex_lock(&c->wmu[stripe_of(key)]);
+}
+
+static void wmu_unlock_key(struct cache *c, const char *key)
+{
+    pthread_mutex_unlock(&c->wmu[stripe_of(key)]);
+    pthread_rwlock_unlock(&c->wgate);
 }
 
 static uint64_t fence_load(struct cache *c, const char *key)
@@ -778,20 +878,51 @@ static void merge_back_locked(struct cache *c, struct pop **garbage)
 }
 
 /*
+ * Another thread holds the replay flag: wait for its replay to end, at most
+ * REPLAY_WAIT_MS (short naps; a replay is a few L3 transactions). True if
+ * the flag was released in time.
+ */
+static bool wait_replay(struct cache *c)
+{
+    uint64_t deadline = clock_mono_ns() + (uint64_t)REPLAY_WAIT_MS * 1000000u;
+
+    for (int i = 0; atomic_load(&c->replaying); i++) {
+        if (i < 64) {
+            sched_yield();
+        } else {
+            struct timespec ts = {0, 200000};
+            if (clock_mono_ns() >= deadline)
+                return false;
+            nanosleep(&ts, NULL);
+        }
+    }
+    return true;
+}
+
+/*
  * Drain the pending map into L3. 0 when it is empty afterwards (or was),
- * -EBUSY if another thread is replaying, or the L3 error.
+ * -EBUSY if another thread is still replaying after REPLAY_WAIT_MS, or the
+ * L3 error. A writer that finds a replay in progress (e.g. the sweeper's
+ * cache_maintain) waits for it rather than queueing behind it, so a write
+ * reaches L3 before its response whenever L3 is healthy.
  */
 static int pending_drain(struct cache *c)
 {
-    bool expected = false;
     int err = 0;
 
-    if (atomic_load(&c->pending_n) == 0)
-        return 0;
-    if (!c->ts[CACHE_L3].t || !usable(c, CACHE_L3))
-        return -EAGAIN;
-    if (!atomic_compare_exchange_strong(&c->replaying, &expected, true))
-        return -EBUSY;
+    for (;;) {
+        bool expected = false;
+
+        if (atomic_load(&c->pending_n) == 0)
+            return 0;
+        if (!c->ts[CACHE_L3].t || !usable(c, CACHE_L3))
+            return -EAGAIN;
+        if (atomic_compare_exchange_strong(&c->replaying, &expected, true))
+            break;
+        if (!wait_replay(c))
+            return -EBUSY;
+        /* The replay ended (it may have failed: look again). */
+    }
     for (;;) {
         struct pop *garbage = NULL;
         struct pmap tmp;
@@ -892,12 +1023,15 @@ static int l2_put(struct cache *c, struct entry *e, unsigned flags)
 }
 
 /* An L1 victim moves down into L2 (unless a writer is busy with its key:
- * the writer's write-through puts the newer version there). Consumes v. */
+ * the writer's write-through puts the newer version there). A writer may
+ * also have finished between the L1 eviction and now, so the victim only
+ * goes in if L2 has no copy of the key (TIER_PUT_IFABSENT): L2's copy is
+ * then the same version or a newer one. Consumes v. */
 static void demote(struct cache *c, struct entry *v)
 {
     count_evict(c, CACHE_L1, CACHE_EVICT_LRU, 1);
     if (usable(c, CACHE_L2) && !(fence_load(c, v->key) & FENCE_ACTIVE) &&
-        l2_put(c, v, 0) == 0)
+        l2_put(c, v, TIER_PUT_IFABSENT) == 0)
         ctr_add(&c->ts[CACHE_L1].demotions, 1);
     entry_unref(v);
 }
@@ -1272,6 +1406,37 @@ static bool upsert_dead(struct cache *c, struct uslot *s)
     return l3_ok;
 }
 
+/*
+ * Crash safety of the write-through: an L2 copy of a key is removed before
+ * the new version is committed to L3 and written through after. A kill
+ * between the two then leaves L2 without the key (the next read falls
+ * through to L3's new version) instead of an old copy that would hide it
+ * after a restart (L1 empty -> L2 hit). Only keys whose existing copy came
+ * from L1 or L2 can have one (the walk stops at the first tier holding the
+ * key; promotions are held off by the fence).
+ */
+static void l2_drop_key(struct cache *c, const char *key)
+{
+    struct tier *l2 = c->ts[CACHE_L2].t;
+    int err;
+
+    if (!usable(c, CACHE_L2))
+        return;
+    err = l2->ops->del(l2, key);
+    cache_note_tier_result(c, CACHE_L2, err);
+}
+
+static void l2_drop_before_commit(struct cache *c, const struct uslot *slots,
+                                  struct entry *const *live, size_t n_live,
+                                  const size_t *slot_of_live)
+{
+    for (size_t i = 0; i < n_live; i++) {
+        int found = slots[slot_of_live[i]].found;
+        if (found == CACHE_L1 || found == CACHE_L2)
+            l2_drop_key(c, live[i]->key);
+    }
+}
+
 /* Write the live merged versions: L1, then L3 (one transaction), then L2.
  * Returns the tiers that hold them. */
 static unsigned upsert_live(struct cache *c, struct uslot *slots,
@@ -1304,6 +1469,7 @@ static unsigned upsert_live(struct cache *c, struct uslot *slots,
         }
     }
 
+    l2_drop_before_commit(c, slots, live, n_live, slot_of_live);
     if (l3_put_path(c, live, n_live)) {
         mask |= CACHE_TIER_MASK(CACHE_L3);
         /* A lazy expiry delete that was in flight when we began may have
@@ -1372,9 +1538,10 @@ int cache_upsert(struct cache *c, struct cache_item *items, size_t n,
     size_t *slot_of = NULL, *slot_of_live = NULL;
     struct entry **live = NULL;
     struct umap um = {NULL, 0};
+    struct wset ws;
     size_t n_slots = 0, n_live = 0;
     unsigned mask;
-    bool l3_ok = true;
+    bool l3_ok = true, locked = false;
     int64_t now;
     int err = 0;
 
@@ -1391,11 +1558,11 @@ int cache_upsert(struct cache *c, struct cache_item *items, size_t n,
         goto out;
     }
 
-    /* Merge, in order, so duplicates behave as sequential writes. */
+    /* Validate, and lock the writer stripes of the batch (ascending) for
+     * the whole read-merge-write. */
+    memset(&ws, 0, sizeof(ws));
     for (size_t i = 0; i < n; i++) {
         struct cache_item *it = &items[i];
-        size_t si;
-        bool added;
 
         it->err = 0;
         it->outcome = CACHE_CREATED;
@@ -1405,6 +1572,19 @@ int cache_upsert(struct cache *c, struct cache_item *items, size_t n,
             it->err = -EINVAL;
             continue;
         }
+        wset_add(&ws, it->entry->key);
+    }
+    wset_lock(c, &ws);
+    locked = true;
+
+    /* Merge, in order, so duplicates behave as sequential writes. */
+    for (size_t i = 0; i < n; i++) {
+        struct cache_item *it = &items[i];
+        size_t si;
+        bool added;
+
+        if (it->err)
+            continue;
         si = umap_get_or_add(&um, slots, it->entry->key, n_slots, &added);
         if (added)
             slots[n_slots++].key = it->entry->key;
@@ -1447,8 +1627,11 @@ int cache_upsert(struct cache *c, struct cache_item *items, size_t n,
     if (tiers_mask)
         *tiers_mask = mask;
 out:
-    for (size_t si = 0; slots && si < n_slots; si++) {
+    for (size_t si = 0; slots && si < n_slots; si++)
         fence_end(&slots[si].tk);
+    if (locked)
+        wset_unlock(c, &ws);
+    for (size_t si = 0; slots && si < n_slots; si++) {
         entry_unref(slots[si].existing);
         entry_unref(slots[si].merged);
     }
@@ -1475,9 +1658,9 @@ int cache_delete(struct cache *c, const char *key)
         return -EINVAL;
     if (!key_ok(key))
         return -ENOENT;
+    wmu_lock_key(c, key);
     fence_begin(c, key, &tk);
     visible = walk(c, key, clock_now_ms(), false, &e, &from, &v0) == 0;
-    entry_unref(e);
     err = c->ts[CACHE_L1].t->ops->del(c->ts[CACHE_L1].t, key);
     (void)err;
     if (usable(c, CACHE_L2)) {
@@ -1486,6 +1669,8 @@ int cache_delete(struct cache *c, const char *key)
     }
     (void)l3_del_path(c, key);
     fence_end(&tk);
+    wmu_unlock_key(c, key);
+    entry_unref(e);
     return visible ? 0 : -ENOENT;
 }
 
@@ -1519,6 +1704,7 @@ int cache_report_health(struct cache *c, const char *key, bool success,
         return -EINVAL;
     if (!key_ok(key))
         return -ENOENT;
+    wmu_lock_key(c, key);
     fence_begin(c, key, &tk);
     err = walk(c, key, clock_now_ms(), false, &cur, &from, &v0);
     if (err)
@@ -1548,6 +1734,8 @@ int cache_report_health(struct cache *c, const char *key, bool success,
      * pulling it into L1. */
     if (from == CACHE_L1)
         (void)l1_put(c, m, TIER_PUT_NOTOUCH, NULL);
+    if (from <= CACHE_L2)
+        l2_drop_key(c, key); /* crash safety: see l2_drop_key */
     if (l3_put_path(c, &m, 1) && tk.dels_in_flight) {
         fence_wait_dels(tk.f);
         (void)l3_put_path(c, &m, 1);
@@ -1560,6 +1748,7 @@ int cache_report_health(struct cache *c, const char *key, bool success,
         *out = entry_ref(m);
 out:
     fence_end(&tk);
+    wmu_unlock_key(c, key);
     entry_unref(m);
     entry_unref(cur);
     return err;
@@ -1638,6 +1827,8 @@ int cache_clear(struct cache *c, size_t *removed)
     tks = calloc(NFENCE, sizeof(*tks));
     if (!tks)
         return -ENOMEM;
+    /* The gate, exclusively: no other write runs during a clear. */
+    pthread_rwlock_wrlock(&c->wgate);
     for (size_t i = 0; i < NFENCE; i++) {
         tks[i].f = &c->fences[i];
         atomic_fetch_add(&tks[i].f->word, 1);
@@ -1680,6 +1871,7 @@ int cache_clear(struct cache *c, size_t *removed)
     evec_free(&keys);
     for (size_t i = 0; i < NFENCE; i++)
         fence_end(&tks[i]);
+    pthread_rwlock_unlock(&c->wgate);
     free(tks);
     if (removed)
         *removed = total;
@@ -2197,6 +2389,23 @@ int cache_new_with_tiers(const struct cache_config *cfg, struct tier *l1,
         err = -err;
         goto fail;
     }
+    err = pthread_rwlock_init(&c->wgate, NULL);
+    if (err) {
+        pthread_mutex_destroy(&c->pmu);
+        err = -err;
+        goto fail;
+    }
+    for (size_t i = 0; i < NFENCE; i++) {
+        err = pthread_mutex_init(&c->wmu[i], NULL);
+        if (err) {
+            while (i-- > 0)
+                pthread_mutex_destroy(&c->wmu[i]);
+            pthread_rwlock_destroy(&c->wgate);
+            pthread_mutex_destroy(&c->pmu);
+            err = -err;
+            goto fail;
+        }
+    }
     c->ts[CACHE_L1].t = l1;
     c->ts[CACHE_L2].t = l2;
     c->ts[CACHE_L3].t = l3;
@@ -2331,6 +2540,9 @@ void cache_close(struct cache *c)
     free(c->cur.b);
     free(c->inflight.b);
     pthread_mutex_destroy(&c->pmu);
+    pthread_rwlock_destroy(&c->wgate);
+    for (size_t i = 0; i < NFENCE; i++)
+        pthread_mutex_destroy(&c->wmu[i]);
     free(c->source_ttls);
     free(c);
 }

@@ -17,9 +17,17 @@
  * plaintext is wiped at once); a token no key opens is corruption: evicted,
  * counted, WARNING once.
  *
- * Thread-safety: every function may be called from any thread. The manager
- * holds no lock while calling a tier (tiers lock internally); counters are
- * _Atomic. The only manager lock is the pending-L3 queue mutex, a leaf lock.
+ * Thread-safety: every function may be called from any thread; counters
+ * are _Atomic and tiers lock internally. Readers (get, list, pick), sweep
+ * and maintain hold no manager lock while calling a tier. Writes (upsert,
+ * health report, delete, clear) hold a per-stripe writer mutex (keys hash
+ * to NFENCE stripes) around their whole read-merge-write, tier calls
+ * included: writes to one key must reach L1, L2 and L3 in one order, and a
+ * read-modify-write (failure_count++) must not lose updates. Lock order:
+ * the writer gate (a rwlock: shared by ordinary writes; exclusive for clear
+ * and for batches spanning more than 32 stripes, which then take no stripe)
+ * -> writer stripes in ascending index order -> the pending-L3 queue mutex
+ * (a leaf among the manager's locks) -> the tiers' internal locks.
  * Ownership: entries returned are new references (caller unrefs); entries
  * passed in are borrowed.
  */

@@ -905,7 +905,10 @@ static int encode_entry(const struct entry *e, char **line, size_t *len)
 }
 
 /* A replace with TIER_PUT_NOTOUCH keeps its LRU position; a new key always
- * enters as the most recent (else it would be the next victim). */
+ * enters as the most recent (else it would be the next victim). With
+ * TIER_PUT_IFABSENT a key already present (any version, expired or not) is
+ * left alone: 0, nothing written (the manager's demotion must not
+ * overwrite a newer copy written through meanwhile). */
 static int l2_put(struct tier *tt, struct entry *e, unsigned flags,
                   struct entry **victim)
 {
@@ -930,6 +933,10 @@ static int l2_put(struct tier *tt, struct entry *e, unsigned flags,
     s = &t->shards[shard_idx(e->key)];
     pthread_mutex_lock(&s->mu);
     r = tab_find(s, e->key);
+    if (r && (flags & TIER_PUT_IFABSENT)) {
+        pthread_mutex_unlock(&s->mu);
+        goto out;
+    }
     err = shard_append(s, line, len, &off);
     if (err) {
         if (r) {

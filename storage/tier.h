@@ -55,6 +55,10 @@ typedef int (*tier_entry_cb)(void *arg, struct entry *e);
 /* Flags for put. */
 #define TIER_PUT_NOWAIT 0x1 /* L3: enqueue and return before the commit */
 #define TIER_PUT_NOTOUCH 0x2 /* do not move the entry to the MRU position */
+/* put only: if the key is already present (any version) do nothing and
+ * return 0. Honoured by L2 (used to demote L1 victims without overwriting
+ * a newer write-through); L1 and L3 ignore it (plain insert or replace). */
+#define TIER_PUT_IFABSENT 0x4
 
 struct tier;
 

@@ -656,6 +656,56 @@ START_TEST(test_transient_l3_failure_replayed_by_next_writer)
 }
 END_TEST
 
+/* A write that arrives while another thread (the sweeper's maintain)
+ * replays the pending queue waits for the replay and commits to L3; it is
+ * not merely queued. L3's put_batch naps so the replay is caught mid-way. */
+static _Atomic int replay_entered;
+static struct tier_ops slow_replay_ops;
+
+static int slow_replay_put_batch(struct tier *t, struct entry *const *es,
+                                 size_t n, size_t *nv)
+{
+    struct timespec ts = {0, 100000000}; /* 100 ms */
+    atomic_store(&replay_entered, 1);
+    nanosleep(&ts, NULL);
+    return fake_put_batch(t, es, n, nv);
+}
+
+static void *th_maintain(void *p)
+{
+    cache_maintain(p);
+    return NULL;
+}
+
+START_TEST(test_write_waits_for_replay)
+{
+    struct fixture fx;
+    pthread_t th;
+    unsigned mask;
+
+    fx_open(&fx, 4, 8, true);
+    fake_set_fail(fx.l3, false, 2, -EBUSY);
+    up(fx.c, mk(1, "a", T0, 3600), CACHE_F_ALL, 0, &mask);
+    ck_assert_uint_eq(stats(fx.c).pending_l3, 1);
+    slow_replay_ops = *fx.l3->base.ops;
+    slow_replay_ops.put_batch = slow_replay_put_batch;
+    fx.l3->base.ops = &slow_replay_ops;
+    atomic_store(&replay_entered, 0);
+    ck_assert_int_eq(pthread_create(&th, NULL, th_maintain, fx.c), 0);
+    while (!atomic_load(&replay_entered)) {
+        struct timespec ts = {0, 100000};
+        nanosleep(&ts, NULL);
+    }
+    up(fx.c, mk(2, "b", T0, 3600), CACHE_F_ALL, 0, &mask);
+    ck_assert_uint_eq(mask, ALL_MASK);
+    ck_assert(fk_has(fx.l3, 2));
+    pthread_join(th, NULL);
+    ck_assert_uint_eq(stats(fx.c).pending_l3, 0);
+    ck_assert(fk_has(fx.l3, 1));
+    fx_close(&fx);
+}
+END_TEST
+
 START_TEST(test_l3_clear_while_degraded)
 {
     struct fixture fx;
@@ -1028,6 +1078,195 @@ START_TEST(test_sweeper_thread)
     ck_assert(!stats(fx.c).tier[CACHE_L3].degraded);
     sweeper_stop(sw);
     sweeper_stop(NULL);
+    fx_close(&fx);
+}
+END_TEST
+
+/* An L1 victim demoted after a concurrent writer already wrote a newer
+ * version of its key through to L2 must not overwrite that version. The
+ * race is staged: while the batch that evicted K commits to L3, another
+ * thread upserts K (v2) to completion; then the batch demotes K (v1). The
+ * fake L2 is wrapped to honour TIER_PUT_IFABSENT like the real L2. */
+static struct tier_ops demote_l2_ops, demote_l3_ops;
+static struct fake_tier *demote_l2;
+static struct cache *demote_cache;
+static _Atomic int demote_hook;
+
+static int ifabsent_put(struct tier *t, struct entry *e, unsigned flags,
+                        struct entry **victim)
+{
+    if ((flags & TIER_PUT_IFABSENT) && fake_has(demote_l2, e->key))
+        return 0;
+    return fake_put(t, e, flags, victim);
+}
+
+static void *th_upsert_k_v2(void *p)
+{
+    (void)p;
+    up(demote_cache, mk(1, "v2", T0, 3600), CACHE_F_ALL, 0, NULL);
+    return NULL;
+}
+
+static int hook_put_batch(struct tier *t, struct entry *const *es, size_t n,
+                          size_t *nv)
+{
+    if (atomic_exchange(&demote_hook, 0)) {
+        pthread_t th;
+        ck_assert_int_eq(pthread_create(&th, NULL, th_upsert_k_v2, NULL), 0);
+        pthread_join(th, NULL);
+    }
+    return fake_put_batch(t, es, n, nv);
+}
+
+START_TEST(test_demote_keeps_newer_l2_copy)
+{
+    struct fixture fx;
+    char k[ENTRY_KEY_LEN + 1];
+    struct entry *e;
+
+    fx_open(&fx, 1, 8, true);
+    demote_l2 = fx.l2;
+    demote_cache = fx.c;
+    demote_l2_ops = *fx.l2->base.ops;
+    demote_l2_ops.put = ifabsent_put;
+    fx.l2->base.ops = &demote_l2_ops;
+    demote_l3_ops = *fx.l3->base.ops;
+    demote_l3_ops.put_batch = hook_put_batch;
+    fx.l3->base.ops = &demote_l3_ops;
+    key_of(1, k);
+
+    up(fx.c, mk(1, "v1", T0, 3600), CACHE_F_ALL, 0, NULL); /* K v1 in L1 */
+    atomic_store(&demote_hook, 1);
+    /* X evicts K v1 from L1; K v2 is written meanwhile; then K v1 is
+     * demoted. */
+    up(fx.c, mk(2, "x", T0, 3600), CACHE_F_ALL, 0, NULL);
+    ck_assert_int_eq(atomic_load(&demote_hook), 0);
+    e = fake_peek(fx.l3, k);
+    ck_assert_str_eq(e->source, "v2");
+    entry_unref(e);
+    e = fake_peek(fx.l2, k);
+    ck_assert_ptr_nonnull(e);
+    ck_assert_str_eq(e->source, "v2");
+    entry_unref(e);
+    ck_assert_int_ge(get_tier(fx.c, 1, &e), 0);
+    ck_assert_str_eq(e->source, "v2");
+    entry_unref(e);
+    fx_close(&fx);
+}
+END_TEST
+
+/* Crash safety of the write-through: at the moment L3 commits a new
+ * version, L2 holds no older copy of the key (a kill -9 right after the
+ * commit must not leave L2 serving the old version after a restart). The
+ * wrapped L3 put_batch records what L2 holds when the commit is done. */
+static struct tier_ops crash_l3_ops;
+static struct fake_tier *crash_l2;
+static char crash_key[ENTRY_KEY_LEN + 1];
+static char crash_seen[32];
+
+static int crash_put_batch(struct tier *t, struct entry *const *es, size_t n,
+                           size_t *nv)
+{
+    int err = fake_put_batch(t, es, n, nv);
+    struct entry *e = fake_peek(crash_l2, crash_key);
+
+    snprintf(crash_seen, sizeof crash_seen, "%s",
+             e ? (e->failure_count ? "old-health" : e->source) : "none");
+    entry_unref(e);
+    return err;
+}
+
+START_TEST(test_no_old_l2_copy_at_l3_commit)
+{
+    struct fixture fx;
+    struct entry *e = NULL;
+    bool ev = true;
+
+    fx_open(&fx, 4, 8, true);
+    up(fx.c, mk(1, "v1", T0, 3600), CACHE_F_ALL, 0, NULL);
+    key_of(1, crash_key);
+    crash_l2 = fx.l2;
+    crash_l3_ops = *fx.l3->base.ops;
+    crash_l3_ops.put_batch = crash_put_batch;
+    fx.l3->base.ops = &crash_l3_ops;
+    ck_assert(fk_has(fx.l2, 1));
+
+    /* Update found in L1: the L2 copy is gone before the commit. */
+    snprintf(crash_seen, sizeof crash_seen, "unset");
+    up(fx.c, mk(1, "v2", T0, 3600), CACHE_F_ALL, 0, NULL);
+    ck_assert_str_eq(crash_seen, "none");
+    e = fake_peek(fx.l2, crash_key); /* written through after */
+    ck_assert_str_eq(e->source, "v2");
+    entry_unref(e);
+
+    /* Health report: same. */
+    snprintf(crash_seen, sizeof crash_seen, "unset");
+    ck_assert_int_eq(cache_report_health(fx.c, crash_key, false, &e, &ev), 0);
+    entry_unref(e);
+    ck_assert_str_eq(crash_seen, "none");
+    e = fake_peek(fx.l2, crash_key);
+    ck_assert_uint_eq(e->failure_count, 1);
+    entry_unref(e);
+
+    /* Found in L2 only (evicted from L1 by 4 others): same. */
+    for (int i = 10; i < 14; i++)
+        up(fx.c, mk(i, "o", T0, 3600), CACHE_F_ALL, 0, NULL);
+    ck_assert(!l1_has(fx.l1, 1));
+    ck_assert(fk_has(fx.l2, 1));
+    snprintf(crash_seen, sizeof crash_seen, "unset");
+    up(fx.c, mk(1, "v3", T0, 3600), CACHE_F_ALL, 0, NULL);
+    ck_assert_str_eq(crash_seen, "none");
+    ck_assert_int_ge(get_tier(fx.c, 1, &e), 0);
+    ck_assert_str_eq(e->source, "v3");
+    entry_unref(e);
+    fx_close(&fx);
+}
+END_TEST
+
+/* A mass expiry larger than one round (ROUND_MAX = 100,000) is removed at
+ * once, not one round per interval: L3's sweep is stubbed to report
+ * 250,000 expired rows, removed a batch at a time. */
+static _Atomic size_t mass_left;
+
+static int mass_sweep(struct tier *t, int64_t now_ms, size_t max,
+                      size_t *removed)
+{
+    size_t left = atomic_load(&mass_left), n;
+
+    (void)t;
+    (void)now_ms;
+    do {
+        n = left < max ? left : max;
+    } while (!atomic_compare_exchange_weak(&mass_left, &left, left - n));
+    *removed = n;
+    return 0;
+}
+
+static struct tier_ops mass_ops;
+
+START_TEST(test_sweeper_mass_expiry)
+{
+    struct fixture fx;
+    struct sweeper *sw = NULL;
+
+    fx_open(&fx, 4, 8, true);
+    mass_ops = *fx.l3->base.ops;
+    mass_ops.sweep = mass_sweep;
+    fx.l3->base.ops = &mass_ops;
+    atomic_store(&mass_left, 250000);
+    /* A one-hour interval: only back-to-back rounds can finish in time. */
+    ck_assert_int_eq(sweeper_start(fx.c, 3600 * 1000, &sw), 0);
+    for (int i = 0; i < 10000 && atomic_load(&mass_left); i++) {
+        struct timespec ts = {0, 1000000};
+        nanosleep(&ts, NULL);
+    }
+    {
+        size_t left = atomic_load(&mass_left);
+        ck_assert_uint_eq(left, 0);
+    }
+    ck_assert_uint_eq(stats(fx.c).tier[CACHE_L3].evictions[CACHE_EVICT_TTL],
+                      250000);
+    sweeper_stop(sw);
     fx_close(&fx);
 }
 END_TEST
@@ -1747,6 +1986,186 @@ START_TEST(test_threads_l3_chaos)
 }
 END_TEST
 
+/* ---------------------------------------------------------------------- */
+/* Writes to one key are serialised (per-stripe writer mutex).            */
+
+#define SK_THREADS 8
+#define SK_REPORTS 50
+#define SK_UPSERTS 300
+
+struct sk_arg {
+    struct cache *c;
+    int id;
+    char key[ENTRY_KEY_LEN + 1];
+    pthread_barrier_t *go;
+};
+
+/* Fake tiers with a short nap before each write, to widen the window
+ * between a writer's read and its write (the race needs it to show). */
+static struct tier_ops slow_l3_ops;
+
+static void nap_us(long us)
+{
+    struct timespec ts = {0, us * 1000L};
+    nanosleep(&ts, NULL);
+}
+
+/* 10..137 µs, varying from call to call. */
+static void nap_jitter(void)
+{
+    static _Atomic unsigned n;
+    unsigned x = atomic_fetch_add(&n, 1) * 2654435761u;
+    nap_us(10 + (long)(x >> 25));
+}
+
+static int slow_put_batch(struct tier *t, struct entry *const *es, size_t n,
+                          size_t *nv)
+{
+    nap_jitter();
+    return fake_put_batch(t, es, n, nv);
+}
+
+static int slow_put(struct tier *t, struct entry *e, unsigned flags,
+                    struct entry **victim)
+{
+    nap_jitter();
+    return fake_put(t, e, flags, victim);
+}
+
+static struct tier_ops slow_l2_ops;
+
+/* Both fake tiers nap before each write. */
+static void make_slow(struct fixture *fx)
+{
+    slow_l3_ops = *fx->l3->base.ops;
+    slow_l3_ops.put_batch = slow_put_batch;
+    slow_l3_ops.put = slow_put;
+    fx->l3->base.ops = &slow_l3_ops;
+    slow_l2_ops = *fx->l2->base.ops;
+    slow_l2_ops.put_batch = slow_put_batch;
+    slow_l2_ops.put = slow_put;
+    fx->l2->base.ops = &slow_l2_ops;
+}
+
+static void *th_health(void *p)
+{
+    struct sk_arg *a = p;
+    pthread_barrier_wait(a->go);
+    for (int i = 0; i < SK_REPORTS; i++) {
+        struct entry *e = NULL;
+        bool ev = true;
+        ck_assert_int_eq(cache_report_health(a->c, a->key, false, &e, &ev), 0);
+        ck_assert(!ev);
+        entry_unref(e);
+    }
+    return NULL;
+}
+
+START_TEST(test_same_key_health_serialised)
+{
+    struct fixture fx;
+    struct cache_config cfg = base_cfg();
+    pthread_t th[SK_THREADS];
+    struct sk_arg a[SK_THREADS];
+    pthread_barrier_t go;
+    struct entry *e = NULL;
+    char key[ENTRY_KEY_LEN + 1];
+
+    cfg.l1_capacity = 4;
+    cfg.l2_capacity = 8;
+    cfg.failure_threshold = 100000;
+    fx_open_cfg(&fx, 4, 8, true, &cfg);
+    up(fx.c, mk(7, "s", T0, 3600), CACHE_F_ALL, 0, NULL);
+    make_slow(&fx);
+    key_of(7, key);
+    ck_assert_int_eq(pthread_barrier_init(&go, NULL, SK_THREADS), 0);
+    for (int i = 0; i < SK_THREADS; i++) {
+        a[i].go = &go;
+        a[i].c = fx.c;
+        a[i].id = i;
+        memcpy(a[i].key, key, sizeof(key));
+        ck_assert_int_eq(pthread_create(&th[i], NULL, th_health, &a[i]), 0);
+    }
+    for (int i = 0; i < SK_THREADS; i++)
+        pthread_join(th[i], NULL);
+    pthread_barrier_destroy(&go);
+    e = fake_peek(fx.l3, key);
+    ck_assert_ptr_nonnull(e);
+    ck_assert_uint_eq(e->failure_count, SK_THREADS * SK_REPORTS);
+    entry_unref(e);
+    ck_assert_int_ge(get_tier(fx.c, 7, &e), 0);
+    ck_assert_uint_eq(e->failure_count, SK_THREADS * SK_REPORTS);
+    ck_assert_int_eq(e->health, ENTRY_HEALTH_UNHEALTHY);
+    entry_unref(e);
+    fx_close(&fx);
+}
+END_TEST
+
+static void *th_same_key_upsert(void *p)
+{
+    struct sk_arg *a = p;
+    for (int v = 0; v < SK_UPSERTS; v++) {
+        char src[32];
+        snprintf(src, sizeof src, "t%d-%d", a->id, v);
+        pthread_barrier_wait(a->go); /* round starts */
+        up(a->c, mk(9, src, T0, 3600), CACHE_F_ALL, 0, NULL);
+        pthread_barrier_wait(a->go); /* round done: main checks */
+    }
+    return NULL;
+}
+
+/* L1, L2 and L3 hold the same version of key (all present). */
+static void assert_tiers_agree(struct fixture *fx, const char *key, int v)
+{
+    struct entry *e3 = fake_peek(fx->l3, key), *e2 = fake_peek(fx->l2, key);
+    struct entry *e1 = NULL;
+
+    ck_assert_ptr_nonnull(e3);
+    ck_assert_ptr_nonnull(e2);
+    ck_assert_int_eq(fx->l1->ops->get(fx->l1, key, &e1), 0);
+    ck_assert_msg(strcmp(e2->source, e3->source) == 0 &&
+                      strcmp(e1->source, e3->source) == 0,
+                  "round %d: l1=%s l2=%s l3=%s", v, e1->source, e2->source,
+                  e3->source);
+    entry_unref(e1);
+    entry_unref(e2);
+    entry_unref(e3);
+}
+
+START_TEST(test_same_key_upsert_serialised)
+{
+    struct fixture fx;
+    pthread_t th[2];
+    struct sk_arg a[2];
+    pthread_barrier_t go;
+    char key[ENTRY_KEY_LEN + 1];
+
+    fx_open(&fx, 4, 8, true);
+    make_slow(&fx);
+    key_of(9, key);
+    /* Two writers race on one key each round; the main thread checks
+     * between rounds that every tier got the same last version. */
+    ck_assert_int_eq(pthread_barrier_init(&go, NULL, 3), 0);
+    for (int i = 0; i < 2; i++) {
+        a[i].go = &go;
+        a[i].c = fx.c;
+        a[i].id = i;
+        memcpy(a[i].key, key, sizeof(key));
+        ck_assert_int_eq(
+            pthread_create(&th[i], NULL, th_same_key_upsert, &a[i]), 0);
+    }
+    for (int v = 0; v < SK_UPSERTS; v++) {
+        pthread_barrier_wait(&go);
+        pthread_barrier_wait(&go);
+        assert_tiers_agree(&fx, key, v);
+    }
+    for (int i = 0; i < 2; i++)
+        pthread_join(th[i], NULL);
+    pthread_barrier_destroy(&go);
+    fx_close(&fx);
+}
+END_TEST
+
 static Suite *cache_suite(void)
 {
     Suite *s = suite_create("cache");
@@ -1759,6 +2178,7 @@ static Suite *cache_suite(void)
         {"l3_degrade_recover", test_l3_degrades_and_recovers},
         {"l3_transient", test_transient_l3_failure_replayed_by_next_writer},
         {"l3_clear_degraded", test_l3_clear_while_degraded},
+        {"write_waits_for_replay", test_write_waits_for_replay},
         {"l2_degrade_recover", test_l2_degrades_and_recovers},
         {"failing_get", test_failing_get_is_a_miss},
         {"tier_movement", test_tier_movement},
@@ -1768,6 +2188,9 @@ static Suite *cache_suite(void)
         {"lazy_expiry", test_lazy_expiry},
         {"sweep", test_sweep},
         {"sweeper_thread", test_sweeper_thread},
+        {"no_old_l2_at_commit", test_no_old_l2_copy_at_l3_commit},
+        {"demote_keeps_newer_l2", test_demote_keeps_newer_l2_copy},
+        {"sweeper_mass_expiry", test_sweeper_mass_expiry},
         {"health", test_health},
         {"health_no_l1", test_health_does_not_pull_into_l1},
         {"corrupt_record", test_corrupt_tier_record},
@@ -1783,6 +2206,8 @@ static Suite *cache_suite(void)
         {"close_writeback", test_close_writes_back_access_stats},
         {"threads", test_threads_no_lost_writes},
         {"threads_chaos", test_threads_l3_chaos},
+        {"same_key_health", test_same_key_health_serialised},
+        {"same_key_upsert", test_same_key_upsert_serialised},
     };
 
     tc = tcase_create("model");

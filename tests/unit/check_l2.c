@@ -345,6 +345,49 @@ START_TEST(test_lru_victim)
 }
 END_TEST
 
+/* TIER_PUT_IFABSENT: a present key (any version, even expired) is left
+ * alone, untouched in LRU order; an absent key is inserted (with victim). */
+START_TEST(test_put_ifabsent)
+{
+    struct tier *t = open_l2(2);
+    char a[ENTRY_KEY_LEN + 1], b[ENTRY_KEY_LEN + 1], c[ENTRY_KEY_LEN + 1];
+    struct entry *e, *v = NULL;
+    off_t before;
+
+    put_i(t, 1, "a1", T0, 3600, a);
+    put_i(t, 2, "b1", T0 - 86400000LL, 1, b); /* long expired */
+    before = total_size();
+    e = mk(1, "a2", T0, 3600);
+    ck_assert_int_eq(t->ops->put(t, e, TIER_PUT_IFABSENT, &v), 0);
+    entry_unref(e);
+    ck_assert_ptr_null(v);
+    ck_assert_int_eq(total_size(), before); /* nothing appended */
+    expect_get(t, a, 0, "a1");              /* order (old to new): b, a */
+    e = mk(2, "b2", T0, 3600);
+    ck_assert_int_eq(t->ops->put(t, e, TIER_PUT_IFABSENT, &v), 0);
+    entry_unref(e);
+    ck_assert_ptr_null(v);
+    ck_assert_int_eq(total_size(), before);
+    /* Absent: inserted. The victim is b, still the old version and still
+     * the least recently used (the skipped put did not touch it). */
+    e = mk(3, "c1", T0, 3600);
+    memcpy(c, e->key, sizeof(c));
+    ck_assert_int_eq(t->ops->put(t, e, TIER_PUT_IFABSENT, &v), 0);
+    entry_unref(e);
+    ck_assert_ptr_nonnull(v);
+    ck_assert_str_eq(v->key, b);
+    ck_assert_str_eq(v->source, "b1");
+    entry_unref(v);
+    tier_close(t);
+    /* The restart sees the same state. */
+    t = open_l2(2);
+    expect_get(t, a, 0, "a1");
+    expect_get(t, c, 0, "c1");
+    expect_get(t, b, -ENOENT, NULL);
+    tier_close(t);
+}
+END_TEST
+
 START_TEST(test_put_batch)
 {
     struct tier *t = open_l2(50);
@@ -1154,6 +1197,7 @@ static Suite *l2_suite(void)
         {"open_errors", test_open_errors},
         {"restart", test_restart},
         {"lru_victim", test_lru_victim},
+        {"put_ifabsent", test_put_ifabsent},
         {"put_batch", test_put_batch},
         {"tombstone_restart", test_tombstone_restart},
         {"corrupt_open", test_corrupt_open},
