@@ -91,4 +91,8 @@ int api_seal_credentials(struct api_ctx *ctx, const char *user,
 /* A short reason for a cache errno (never NULL, static). */
 const char *api_errno_reason(int err);
 
+/* How far in the future a client's fetch_time may be (clock skew), for
+ * POST and import alike. */
+#define FUTURE_SKEW_MS INT64_C(300000)
+
 #endif

@@ -561,6 +561,11 @@ static int import_line(struct warm *w, const char *line, size_t len,
         return 0;
     }
     entry_compute_expiry(e);
+    if (e->fetch_time > clock_now_ms() + FUTURE_SKEW_MS) {
+        /* Such an entry would outlive its TTL by years: refuse the line. */
+        add_error(w, line_no, "fetch_time must not be in the future");
+        goto out;
+    }
     if (entry_expired(e, clock_now_ms())) {
         w->skipped++;
         goto out;

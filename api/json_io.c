@@ -44,7 +44,6 @@
 #define TTL_MAX_SECONDS INT64_C(3153600000)   /* 100 years */
 #define LATENCY_MAX_MS 3600000.0              /* one hour */
 #define CREDENTIAL_MAX 1024                   /* bytes, each */
-#define FUTURE_SKEW_MS INT64_C(300000)        /* fetch_time tolerance */
 
 /* ------------------------------------------------------------------ */
 /* jbuf                                                                */

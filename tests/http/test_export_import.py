@@ -320,3 +320,14 @@ def test_ephemeral_key_persists_credentials_for_the_process(server_factory):
     assert line["password"].startswith("gAAAAA")
     with pytest.raises(InvalidToken):
         Fernet(TEST_KEY.encode()).decrypt(line["password"].encode())
+
+
+def test_import_refuses_a_future_fetch_time(client):
+    """A line dated years ahead would never expire: a per-line error."""
+    url = unique_url()
+    doc = _import(client, [_line(url, utcnow() + datetime.timedelta(days=365),
+                                 "future")])
+    assert (doc["imported"], doc["error_count"]) == (0, 1)
+    assert doc["errors"][0]["line"] == 1
+    assert "future" in doc["errors"][0]["reason"]
+    assert client.get(f"/v1/proxies/{key_for(url)}").status_code == 404
