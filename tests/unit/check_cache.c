@@ -61,20 +61,7 @@ static void teardown(void)
 
 static struct entry *mk(int i, const char *source, int64_t fetch, int64_t ttl)
 {
-    struct entry *e = entry_new();
-    char url[64];
-
-    ck_assert_ptr_nonnull(e);
-    snprintf(url, sizeof url, "http://10.%d.%d.%d:8080", (i >> 16) & 255,
-             (i >> 8) & 255, i & 255);
-    ck_assert_int_eq(entry_set_str(&e->proxy_url, url), 0);
-    entry_key_from_normalised(url, e->key);
-    ck_assert_int_eq(entry_set_str(&e->source, source ? source : "unknown"), 0);
-    e->scheme = ENTRY_SCHEME_HTTP;
-    e->fetch_time = fetch;
-    e->ttl_seconds = ttl;
-    entry_compute_expiry(e);
-    return e;
+    return testutil_entry(i, source, fetch, ttl);
 }
 
 static void key_of(int i, char out[ENTRY_KEY_LEN + 1])

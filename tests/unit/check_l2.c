@@ -53,23 +53,7 @@ static void teardown(void)
 /* A valid entry for proxy number i (distinct keys for distinct i). */
 static struct entry *mk(int i, const char *source, int64_t fetch, int64_t ttl)
 {
-    struct entry *e = entry_new();
-    char url[64];
-    const char *why = NULL;
-
-    ck_assert_ptr_nonnull(e);
-    snprintf(url, sizeof url, "http://10.%d.%d.%d:8080", (i >> 16) & 255,
-             (i >> 8) & 255, i & 255);
-    ck_assert_int_eq(entry_set_str(&e->proxy_url, url), 0);
-    entry_key_from_normalised(url, e->key);
-    ck_assert_int_eq(entry_set_str(&e->source, source), 0);
-    e->scheme = ENTRY_SCHEME_HTTP;
-    e->fetch_time = fetch;
-    e->ttl_seconds = ttl;
-    entry_compute_expiry(e);
-    ck_assert_msg(entry_validate(e, &why) == 0, "invalid test entry: %s",
-                  why ? why : "?");
-    return e;
+    return testutil_entry(i, source, fetch, ttl);
 }
 
 static struct tier *open_l2(size_t cap)
